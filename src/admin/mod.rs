@@ -1,0 +1,163 @@
+//! The admin listener: `/health`, `/ready`, `/admin/upstreams`,
+//! `/admin/config`. It is a separate port; nothing here is reachable on the
+//! proxy listener.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use crate::proxy::{Proxy, ResponseBody};
+
+/// What the admin handlers read.
+#[derive(Debug)]
+pub struct AdminState {
+    pub proxy: Arc<Proxy>,
+    /// True from the start of a drain: `/ready` answers 503.
+    pub draining: AtomicBool,
+}
+
+impl AdminState {
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        AdminState {
+            proxy,
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let path = req.uri().path().trim_end_matches('/');
+    let method = req.method();
+    let (allowed, result): (&str, Option<(StatusCode, Value)>) = match path {
+        "/health" => (
+            "GET, HEAD",
+            get(method, || (StatusCode::OK, json!({"status": "ok"}))),
+        ),
+        "/ready" => (
+            "GET, HEAD",
+            get(method, || {
+                if state.draining.load(Ordering::Relaxed) {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"status": "draining"}),
+                    )
+                } else {
+                    (StatusCode::OK, json!({"status": "ready"}))
+                }
+            }),
+        ),
+        "/admin/upstreams" => (
+            "GET, HEAD",
+            get(method, || (StatusCode::OK, upstreams(&state.proxy))),
+        ),
+        "/admin/config" => (
+            "GET, HEAD",
+            get(method, || (StatusCode::OK, config_info(&state.proxy))),
+        ),
+        _ => {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not_found", "message": format!("no admin endpoint at {}", req.uri().path())}),
+            )
+        }
+    };
+    match result {
+        Some((status, body)) => json_response(status, &body),
+        None => {
+            let mut r = json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method_not_allowed", "message": format!("{method} is not allowed on {path}")}),
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allowed));
+            r
+        }
+    }
+}
+
+fn get(method: &Method, f: impl FnOnce() -> (StatusCode, Value)) -> Option<(StatusCode, Value)> {
+    (method == Method::GET || method == Method::HEAD).then(f)
+}
+
+pub fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn ms_ago(t: SystemTime) -> u64 {
+    SystemTime::now()
+        .duration_since(t)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Every service with its breaker state and every endpoint with its one state
+/// and the reason and time of its last transition.
+fn upstreams(proxy: &Proxy) -> Value {
+    let snap = proxy.snapshot();
+    let mut names: Vec<&String> = snap.services.keys().collect();
+    names.sort();
+    let mut services = serde_json::Map::new();
+    for name in names {
+        let svc = &snap.services[name];
+        let set = svc.endpoints();
+        let endpoints: Vec<Value> = set
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let t = ep.stats.transition();
+                json!({
+                    "id": ep.id.as_ref(),
+                    "address": ep.address.as_ref(),
+                    "source": ep.source.as_str(),
+                    "weight": ep.weight,
+                    "state": t.state.as_str(),
+                    "reason": t.reason,
+                    "since": rfc3339(t.at),
+                    "since_ms_ago": ms_ago(t.at),
+                    "active_requests": ep.stats.active(),
+                })
+            })
+            .collect();
+        let breaker = match &svc.config.circuit_breaker {
+            Some(_) => json!({"state": "closed"}),
+            None => json!({"state": "disabled"}),
+        };
+        services.insert(
+            name.clone(),
+            json!({
+                "balancer": svc.balancer().kind().as_str(),
+                "circuit_breaker": breaker,
+                "inflight": svc.inflight(),
+                "max_concurrent_requests": svc.config.max_concurrent_requests,
+                "endpoints": endpoints,
+            }),
+        );
+    }
+    json!({ "services": services })
+}
+
+fn config_info(proxy: &Proxy) -> Value {
+    let snap = proxy.snapshot();
+    let c = &snap.config;
+    json!({
+        "hash": c.hash,
+        "loaded_at": rfc3339(c.loaded_at),
+        "path": c.path.as_ref().map(|p| p.display().to_string()),
+        "services": c.services.len(),
+        "routes": c.routes.len(),
+    })
+}

@@ -1,0 +1,207 @@
+//! waygate: an API gateway and reverse proxy.
+//!
+//! [`Gateway::start`] builds everything from a validated [`Config`], binds
+//! the proxy and admin listeners and returns their addresses, so tests can
+//! start a gateway in-process on port 0. The binary (`src/main.rs`) is a thin
+//! CLI around it.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod balancer;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod proxy;
+pub mod registry;
+pub mod reload;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+use proxy::{Proxy, Snapshot};
+use server::{ListenerOptions, Shutdown};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    proxy: Arc<Proxy>,
+    admin: Arc<admin::AdminState>,
+    config: Arc<Config>,
+    drain_tx: watch::Sender<bool>,
+    hard_tx: watch::Sender<bool>,
+    admin_stop_tx: watch::Sender<bool>,
+    conns_rx: mpsc::Receiver<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds both listeners and starts serving. Must run inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let g = &config.gateway;
+        let tls = match &g.tls {
+            Some(t) => Some(server::tls_acceptor(t).map_err(StartError::Tls)?),
+            None => None,
+        };
+        let proxy_listener =
+            TcpListener::bind(g.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: g.listen,
+                    source,
+                })?;
+        let admin_listener =
+            TcpListener::bind(g.admin_listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: g.admin_listen,
+                    source,
+                })?;
+        let proxy_addr = proxy_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: g.listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: g.admin_listen,
+                source,
+            })?;
+
+        let proxy = Arc::new(Proxy::new(Snapshot::build(config.clone(), None)));
+        let admin = Arc::new(admin::AdminState::new(proxy.clone()));
+
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let (hard_tx, hard_rx) = watch::channel(false);
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let (conns_tx, conns_rx) = mpsc::channel(1);
+        let opts = ListenerOptions::from_config(g);
+
+        let p = proxy.clone();
+        let proxy_task = tokio::spawn(server::serve(
+            proxy_listener,
+            tls,
+            opts.clone(),
+            Shutdown {
+                drain: drain_rx,
+                hard_stop: hard_rx.clone(),
+                tracker: conns_tx,
+            },
+            move |req, conn| {
+                let p = p.clone();
+                async move { p.handle(req, conn).await }
+            },
+        ));
+        // The admin listener serves until the process stops (through a drain),
+        // so it has its own stop signal; its connections are not tracked.
+        let (admin_conns_tx, _admin_conns_rx) = mpsc::channel(1);
+        let a = admin.clone();
+        let admin_task = tokio::spawn(server::serve(
+            admin_listener,
+            None,
+            opts,
+            Shutdown {
+                drain: admin_stop_rx.clone(),
+                hard_stop: admin_stop_rx,
+                tracker: admin_conns_tx,
+            },
+            move |req, _conn| admin::handle(a.clone(), req),
+        ));
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, tls = g.tls.is_some(), config = %config.hash, "waygate listening");
+        Ok(Gateway {
+            proxy_addr,
+            admin_addr,
+            proxy,
+            admin,
+            config,
+            drain_tx,
+            hard_tx,
+            admin_stop_tx,
+            conns_rx,
+            tasks: vec![proxy_task, admin_task],
+        })
+    }
+
+    /// Where the proxy listener is bound.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// Where the admin listener is bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Graceful drain (SPEC §1): the proxy listener stops accepting at once,
+    /// `/ready` turns 503, in-flight requests finish for up to
+    /// `drain_timeout`, then whatever is left is cut. The admin listener serves
+    /// until the end. Returns true when every connection finished in time.
+    pub async fn shutdown(mut self) -> bool {
+        self.admin.draining.store(true, Ordering::SeqCst);
+        let _ = self.drain_tx.send(true);
+        let timeout = self.config.gateway.drain_timeout;
+        tracing::info!(
+            ?timeout,
+            "draining: no new connections, finishing in-flight requests"
+        );
+        let drained = tokio::time::timeout(timeout, self.conns_rx.recv())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!(
+                ?timeout,
+                "drain_timeout passed; cutting the remaining connections"
+            );
+            let _ = self.hard_tx.send(true);
+        }
+        let _ = self.admin_stop_tx.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        drained
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // A gateway dropped without `shutdown` (tests) stops serving at once.
+        let _ = self.drain_tx.send(true);
+        let _ = self.hard_tx.send(true);
+        let _ = self.admin_stop_tx.send(true);
+    }
+}

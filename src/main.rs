@@ -1,0 +1,121 @@
+//! The `waygate` command: `run` (default), `check`, `demo`. Thin on purpose:
+//! parse arguments, load the config, start the library's `Gateway`, wait for
+//! a signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use waygate::telemetry::{self, LogFormat};
+use waygate::{reload, Config, Gateway};
+
+#[derive(Parser)]
+#[command(name = "waygate", version, about = "An API gateway and reverse proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file [default: $WAYGATE_CONFIG or config/gateway.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log line format [default: pretty on a terminal, json otherwise]
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the config file (the default command)
+    Run,
+    /// Validate the config file and print a summary, or every error found
+    Check,
+    /// Serve the demo: the gateway plus in-process demo services
+    Demo,
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .or_else(|| std::env::var_os("WAYGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("config/gateway.toml"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.as_ref().unwrap_or(&Command::Run) {
+        Command::Check => check(&config_path(&cli)),
+        Command::Run => {
+            telemetry::init(cli.log_format);
+            let path = config_path(&cli);
+            match Config::load(&path) {
+                Ok(config) => serve(config, Some(path)),
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!(
+                        "waygate: {} error(s) in {}; not starting",
+                        errors.0.len(),
+                        path.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo => {
+            telemetry::init(cli.log_format);
+            runtime(0).block_on(waygate::demo::run())
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            print!("{}: OK\n{}", path.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            println!("{errors}");
+            println!("{}: {} error(s)", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all()
+        .thread_name("waygate-worker")
+        .build()
+        .expect("tokio runtime")
+}
+
+fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
+    runtime(config.gateway.worker_threads).block_on(async move {
+        let gateway = match Gateway::start(config).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let reloader = path.map(|p| reload::spawn(p, gateway.proxy().clone()));
+        wait_for_stop_signal().await;
+        if let Some(r) = reloader {
+            r.abort();
+        }
+        gateway.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

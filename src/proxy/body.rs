@@ -1,0 +1,154 @@
+//! Body types of the proxy. Both are enums rather than `BoxBody` so that the
+//! common case (an upstream's `Incoming` streamed straight through) costs no
+//! allocation and no dynamic dispatch.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::exchange::Exchange;
+
+/// A request body on its way to an upstream.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// The client's body, streamed.
+    Stream(Incoming),
+    /// A body the gateway made or holds whole (health checks, empty bodies).
+    Full(Option<Bytes>),
+}
+
+impl UpstreamBody {
+    pub fn empty() -> Self {
+        UpstreamBody::Full(None)
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Stream(b) => b.is_end_stream(),
+            UpstreamBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Stream(b) => b.size_hint(),
+            UpstreamBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            UpstreamBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A response body on its way to the client, carrying the request's
+/// [`Exchange`] so counters stay exact however the exchange ends.
+pub struct ResponseBody {
+    inner: UpstreamBody,
+    done: Option<Exchange>,
+    bytes: u64,
+    failed: bool,
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("inner", &self.inner)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl ResponseBody {
+    pub fn full(b: Bytes) -> Self {
+        Self::new(UpstreamBody::Full(Some(b)))
+    }
+
+    pub fn empty() -> Self {
+        Self::new(UpstreamBody::Full(None))
+    }
+
+    pub fn stream(b: Incoming) -> Self {
+        Self::new(UpstreamBody::Stream(b))
+    }
+
+    fn new(inner: UpstreamBody) -> Self {
+        ResponseBody {
+            inner,
+            done: None,
+            bytes: 0,
+            failed: false,
+        }
+    }
+
+    /// Finishes `exchange` (counters, access log) when the body ends or is dropped.
+    pub fn with_exchange(mut self, exchange: Exchange) -> Self {
+        self.done = Some(exchange);
+        self
+    }
+
+    fn finish(&mut self) {
+        if let Some(exchange) = self.done.take() {
+            exchange.finish(self.bytes, self.failed);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let out = Pin::new(&mut this.inner).poll_frame(cx);
+        match &out {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.failed = true;
+                this.finish();
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Pending => {}
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -1,0 +1,292 @@
+//! Header rewriting between client and upstream (SPEC §3): hop-by-hop
+//! removal, `X-Forwarded-*`, `x-request-id`, W3C `traceparent`.
+//!
+//! Everything works in place on the request's own `HeaderMap`; new values are
+//! formatted into stack buffers, so a request costs at most a few small
+//! `HeaderValue` allocations (request id, forwarded-for, traceparent).
+
+use std::cell::Cell;
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers of RFC 9110 §7.6.1 (plus the legacy `Keep-Alive` and
+/// `Proxy-Connection`). `Upgrade` is handled by the caller for upgrades.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 6] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+    ]
+}
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+/// With `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is set
+/// again (the tunnel needs both on the next hop).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        // Rare path: collect the named headers first (Connection is removed below).
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for name in fixed_hop_by_hop() {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket and others).
+pub fn wants_upgrade(headers: &HeaderMap, version: http::Version) -> bool {
+    version == http::Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The request's id: the client's `x-request-id` when it is printable ASCII
+/// (at most 200 bytes), else a new random one, which is inserted.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 200 && v.to_str().is_ok() {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; 32];
+    hex_into(&mut buf[..16], fast_random());
+    hex_into(&mut buf[16..], fast_random());
+    let v = HeaderValue::from_bytes(&buf).expect("hex is a valid header value");
+    headers.insert(X_REQUEST_ID.clone(), v.clone());
+    v
+}
+
+/// Appends the client address to `X-Forwarded-For`, sets `X-Forwarded-Proto`
+/// and `X-Forwarded-Host` (the host the client asked for).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
+    let mut buf = [0u8; 512];
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    let existing = headers.get(&X_FORWARDED_FOR).filter(|v| v.len() < 400);
+    let ok = match existing {
+        Some(prev) => cur
+            .write_all(prev.as_bytes())
+            .and_then(|_| write!(cur, ", {client}")),
+        None => write!(cur, "{client}"),
+    };
+    if ok.is_ok() {
+        let n = cur.position() as usize;
+        if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+    }
+}
+
+/// W3C trace context: a valid `traceparent` continues with a new span id for
+/// the upstream hop; a missing or invalid one starts a new trace. Returns the
+/// 32-hex trace id (for logs). `tracestate` passes through untouched.
+pub fn propagate_traceparent(headers: &mut HeaderMap) -> [u8; 32] {
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    let mut trace_id = [0u8; 32];
+    match headers
+        .get(&TRACEPARENT)
+        .and_then(|v| parse_traceparent(v.as_bytes()))
+    {
+        Some((tid, flags)) => {
+            trace_id.copy_from_slice(tid);
+            out[53..55].copy_from_slice(flags);
+        }
+        None => {
+            let (a, b) = (fast_random(), fast_random());
+            hex_into(&mut trace_id[..16], a);
+            hex_into(&mut trace_id[16..], b | 1); // never all zero
+        }
+    }
+    out[3..35].copy_from_slice(&trace_id);
+    hex_into(&mut out[36..52], fast_random() | 1);
+    headers.insert(
+        TRACEPARENT.clone(),
+        HeaderValue::from_bytes(&out).expect("ascii"),
+    );
+    trace_id
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` → (trace id, flags).
+/// Future versions may append fields; version `ff` and all-zero ids are invalid.
+fn parse_traceparent(v: &[u8]) -> Option<(&[u8], &[u8])> {
+    if v.len() < 55 || (v.len() > 55 && v[0..2] == *b"00") {
+        return None;
+    }
+    let lower_hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let (ver, tid, pid, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' || ver == b"ff" {
+        return None;
+    }
+    if !(lower_hex(ver) && lower_hex(tid) && lower_hex(pid) && lower_hex(flags)) {
+        return None;
+    }
+    if tid.iter().all(|b| *b == b'0') || pid.iter().all(|b| *b == b'0') {
+        return None;
+    }
+    Some((tid, flags))
+}
+
+fn hex_into(dst: &mut [u8], mut x: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for d in dst.iter_mut().rev() {
+        *d = HEX[(x & 0xf) as usize];
+        x >>= 4;
+    }
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+}
+
+/// A fast thread-local pseudo-random number (wyrand) for ids. Ids need to be
+/// unique, not unpredictable; the seed comes from the OS per thread.
+pub fn fast_random() -> u64 {
+    RNG.with(|s| {
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn upgrade_is_kept_for_tunnels() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(wants_upgrade(&h, http::Version::HTTP_11));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn request_id_kept_or_generated() {
+        let mut h = map(&[("x-request-id", "abc-1")]);
+        assert_eq!(ensure_request_id(&mut h), "abc-1");
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 32);
+        assert_eq!(h["x-request-id"], id);
+        assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        let host = HeaderValue::from_static("api.example.com");
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), false, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "::1".parse().unwrap(), true, None);
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn traceparent_continues_with_new_span() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = map(&[("traceparent", incoming)]);
+        let tid = propagate_traceparent(&mut h);
+        assert_eq!(&tid, b"4bf92f3577b34da6a3ce929d0e0e4736");
+        let out = h["traceparent"].to_str().unwrap();
+        assert_eq!(&out[..36], &incoming[..36]);
+        assert_ne!(&out[36..52], &incoming[36..52]);
+        assert_eq!(&out[52..], "-01");
+    }
+
+    #[test]
+    fn traceparent_started_when_missing_or_invalid() {
+        for bad in [
+            None,
+            Some("garbage"),
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        ] {
+            let mut h = HeaderMap::new();
+            if let Some(b) = bad {
+                h.insert(TRACEPARENT.clone(), HeaderValue::from_static(b));
+            }
+            let tid = propagate_traceparent(&mut h);
+            let out = h["traceparent"].to_str().unwrap().to_string();
+            assert!(parse_traceparent(out.as_bytes()).is_some(), "{out}");
+            assert_eq!(&out.as_bytes()[3..35], &tid);
+        }
+    }
+}

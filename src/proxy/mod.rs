@@ -1,0 +1,368 @@
+//! The request path: request id and trace context → route match → service
+//! slot → endpoint pick → header rewrite → pooled upstream client → response
+//! headers → access log (when the response body is done).
+//!
+//! The route table and the services it points at form one immutable
+//! [`Snapshot`] behind an `ArcSwap`: a request loads it once, clones the
+//! `Arc` of its route and never looks at shared mutable state again except
+//! through atomics.
+
+pub mod body;
+pub mod client;
+pub mod exchange;
+pub mod headers;
+pub mod router;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::balancer::PickContext;
+use crate::config::{Config, RouteConfig};
+use crate::error::GatewayError;
+use crate::registry::Endpoint;
+use crate::service::Service;
+pub use body::{ResponseBody, UpstreamBody};
+use exchange::Exchange;
+use router::Router;
+
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+/// A route as the request path needs it: its config, a label for logs and
+/// metrics (made once), and its service.
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub config: RouteConfig,
+    pub label: Arc<str>,
+    pub service: Arc<Service>,
+}
+
+/// Routes and services of one config, swapped in whole.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub router: Router<Arc<RouteEntry>>,
+    pub services: HashMap<String, Arc<Service>>,
+    pub config: Arc<Config>,
+}
+
+impl Snapshot {
+    /// Builds the snapshot for `config`, reusing the runtime (endpoints,
+    /// balancer state, pool) of services in `previous` whose config is equal.
+    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Snapshot {
+        let mut services = HashMap::with_capacity(config.services.len());
+        for svc in &config.services {
+            let reused = previous
+                .and_then(|p| p.services.get(&svc.name))
+                .filter(|old| old.config == *svc)
+                .cloned();
+            services.insert(
+                svc.name.clone(),
+                reused.unwrap_or_else(|| Service::new(svc.clone())),
+            );
+        }
+        let mut router = Router::new();
+        for r in &config.routes {
+            let Some(service) = services.get(&r.service) else {
+                continue;
+            };
+            let label: Arc<str> = match &r.host {
+                Some(h) => format!("{h}{}", r.path_prefix).into(),
+                None => r.path_prefix.as_str().into(),
+            };
+            let entry = Arc::new(RouteEntry {
+                config: r.clone(),
+                label,
+                service: service.clone(),
+            });
+            router.insert(
+                r.host.as_deref(),
+                &r.path_prefix,
+                r.methods.as_deref(),
+                entry,
+            );
+        }
+        Snapshot {
+            router,
+            services,
+            config,
+        }
+    }
+}
+
+/// The proxy: owns the current snapshot.
+#[derive(Debug)]
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+}
+
+impl Proxy {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Proxy {
+            snapshot: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Swaps in a new snapshot; requests in flight finish on the old one.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Serves one client request.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let request_id = headers::ensure_request_id(&mut parts.headers);
+        let mut ex = Exchange::new(start, &parts.method, parts.uri.path(), &request_id);
+
+        let Some((route, prefix_end)) = self.route(&parts) else {
+            let err = GatewayError::NoRoute {
+                method: parts.method.clone(),
+                path: parts.uri.path().to_string(),
+            };
+            return error_response(&err, &request_id, ex);
+        };
+        ex.set_route(route.clone());
+        let service = &route.service;
+        if !service.try_acquire() {
+            let err = GatewayError::Overloaded {
+                service: service.name.to_string(),
+                limit: service.config.max_concurrent_requests,
+            };
+            return error_response(&err, &request_id, ex);
+        }
+        ex.hold_service(service.clone());
+
+        let hash = service.request_hash(&parts, conn.remote.ip());
+        let Some(endpoint) = service.pick(&PickContext { hash, avoid: &[] }) else {
+            let err = GatewayError::NoHealthyUpstream {
+                service: service.name.to_string(),
+            };
+            return error_response(&err, &request_id, ex);
+        };
+
+        let upgrade = headers::wants_upgrade(&parts.headers, parts.version);
+        rewrite_request(&mut parts, &route.config, prefix_end, conn, upgrade);
+        ex.set_trace_id(headers::propagate_traceparent(&mut parts.headers));
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(endpoint.authority.clone());
+        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are set");
+        ex.use_endpoint(endpoint.clone());
+
+        let timeout = route
+            .config
+            .request_timeout
+            .unwrap_or(service.config.request_timeout);
+        if upgrade {
+            return self
+                .tunnel(parts, body, &route, timeout, request_id, ex)
+                .await;
+        }
+        let upstream_req = Request::from_parts(parts, UpstreamBody::Stream(body));
+        match tokio::time::timeout(timeout, service.client.request(upstream_req)).await {
+            Ok(Ok(resp)) => upstream_response(resp, &request_id, ex),
+            Ok(Err(e)) => {
+                let err = connect_error(service, &endpoint, e);
+                tracing::debug!(error = %err, "upstream request failed");
+                error_response(&err, &request_id, ex)
+            }
+            Err(_) => error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex),
+        }
+    }
+
+    fn route(&self, parts: &http::request::Parts) -> Option<(Arc<RouteEntry>, usize)> {
+        let snap = self.snapshot.load();
+        let host = parts.uri.host().or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let m = snap.router.find(host, parts.uri.path(), &parts.method)?;
+        Some((m.value.clone(), m.prefix_end))
+    }
+
+    /// Forwards an `Upgrade` request on a connection of its own and, on
+    /// `101 Switching Protocols`, splices the two upgraded connections.
+    async fn tunnel(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        route: &RouteEntry,
+        timeout: Duration,
+        request_id: HeaderValue,
+        mut ex: Exchange,
+    ) -> Response<ResponseBody> {
+        let endpoint = ex.endpoint().cloned().expect("endpoint chosen");
+        let service = &route.service;
+        let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            // HTTP/2 requests cannot upgrade this way; treat as a plain request.
+            let req = Request::from_parts(parts, UpstreamBody::Stream(body));
+            return match tokio::time::timeout(timeout, service.client.request(req)).await {
+                Ok(Ok(resp)) => upstream_response(resp, &request_id, ex),
+                Ok(Err(e)) => {
+                    error_response(&connect_error(service, &endpoint, e), &request_id, ex)
+                }
+                Err(_) => {
+                    error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex)
+                }
+            };
+        };
+        let req = Request::from_parts(parts, UpstreamBody::Stream(body));
+        let sent = tokio::time::timeout(
+            timeout,
+            client::send_upgrade(&endpoint.address, service.config.connect_timeout, req),
+        )
+        .await;
+        let mut resp = match sent {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                return error_response(&connect_error(service, &endpoint, e), &request_id, ex)
+            }
+            Err(_) => {
+                return error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex)
+            }
+        };
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            return upstream_response(resp, &request_id, ex);
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut head, _) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut head.headers, true);
+        head.headers
+            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        ex.set_status(101);
+        // The exchange (and the endpoint's in-flight count) lasts as long as the tunnel.
+        tokio::spawn(async move {
+            match tokio::join!(client_upgrade, upstream_upgrade) {
+                (Ok(down), Ok(up)) => {
+                    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        Ok((_to_up, to_down)) => ex.finish(to_down, false),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "tunnel ended with an error");
+                            ex.finish(0, true)
+                        }
+                    }
+                }
+                (a, b) => {
+                    tracing::debug!(client = ?a.err(), upstream = ?b.err(), "upgrade did not complete");
+                    ex.finish(0, true)
+                }
+            }
+        });
+        Response::from_parts(head, ResponseBody::empty())
+    }
+}
+
+fn connect_error(
+    service: &Service,
+    endpoint: &Endpoint,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> GatewayError {
+    GatewayError::UpstreamConnect {
+        service: service.name.to_string(),
+        endpoint: endpoint.address.to_string(),
+        source: Box::new(source),
+    }
+}
+
+fn timeout_error(service: &Service, endpoint: &Endpoint, timeout: Duration) -> GatewayError {
+    GatewayError::UpstreamTimeout {
+        service: service.name.to_string(),
+        endpoint: endpoint.address.to_string(),
+        timeout,
+    }
+}
+
+/// Rewrites the inbound request head for the upstream hop.
+fn rewrite_request(
+    parts: &mut http::request::Parts,
+    route: &RouteConfig,
+    prefix_end: usize,
+    conn: ConnInfo,
+    upgrade: bool,
+) {
+    // The host the client asked for: Host (HTTP/1) or :authority (HTTP/2).
+    let host = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarded(
+        &mut parts.headers,
+        conn.remote.ip(),
+        conn.tls,
+        host.as_ref(),
+    );
+    if let Some(h) = host {
+        // Host is kept as the client sent it (HTTP/2 requests carry it in :authority).
+        parts.headers.entry(header::HOST).or_insert(h);
+    }
+    if route.strip_prefix && prefix_end > 0 {
+        let path = parts.uri.path();
+        let rest = &path[prefix_end.min(path.len())..];
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        };
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok();
+        parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    }
+    // Upstream pools speak HTTP/1.1 whatever the client spoke.
+    parts.version = Version::HTTP_11;
+}
+
+/// The upstream's response on its way back: hop-by-hop headers out, request
+/// id in, body streamed with the exchange attached.
+fn upstream_response(
+    resp: Response<Incoming>,
+    request_id: &HeaderValue,
+    mut ex: Exchange,
+) -> Response<ResponseBody> {
+    let (mut head, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut head.headers, false);
+    head.headers
+        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    ex.set_status(head.status.as_u16());
+    Response::from_parts(head, ResponseBody::stream(body).with_exchange(ex))
+}
+
+/// A gateway-made error answer (SPEC §3).
+pub fn error_response(
+    err: &GatewayError,
+    request_id: &HeaderValue,
+    mut ex: Exchange,
+) -> Response<ResponseBody> {
+    let (mut head, body) = err
+        .to_response(request_id.to_str().unwrap_or(""))
+        .into_parts();
+    head.headers
+        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    ex.set_status(head.status.as_u16());
+    Response::from_parts(head, ResponseBody::full(body).with_exchange(ex))
+}

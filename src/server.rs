@@ -1,0 +1,211 @@
+//! Listeners: the accept loop (HTTP/1.1 and h2c prior knowledge on one port
+//! through hyper-util's auto builder, upgrades allowed), TLS termination with
+//! rustls (ALPN h2 + http/1.1), and graceful drain.
+//!
+//! Drain: when `shutdown` flips, the accept loop drops its listener (new
+//! connections are refused at once) and every connection is asked to finish
+//! its in-flight requests and close; `hard_stop` cuts whatever is left.
+//! Each connection task holds a clone of a `mpsc::Sender`, so "all connections
+//! are gone" is the moment the receiver sees the channel close.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{GatewayConfig, TlsConfig};
+use crate::proxy::{ConnInfo, ResponseBody};
+
+/// Protocol settings of a listener.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl ListenerOptions {
+    pub fn from_config(g: &GatewayConfig) -> Self {
+        ListenerOptions {
+            header_read_timeout: g.header_read_timeout,
+            max_header_bytes: g.max_header_bytes,
+        }
+    }
+}
+
+fn builder(opts: &ListenerOptions) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // A client must send its whole request head within this time
+        // (slowloris); the limit also bounds how long an idle keep-alive
+        // connection waits for its next request.
+        .header_read_timeout(opts.header_read_timeout)
+        // Caps the read buffer, so a head larger than this is answered 431.
+        .max_buf_size(opts.max_header_bytes)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(opts.max_header_bytes as u32)
+        .max_concurrent_streams(Some(1024));
+    b
+}
+
+/// Loads the certificate chain and key and builds an acceptor offering h2 and
+/// http/1.1 by ALPN. Uses the `ring` provider explicitly, so the build never
+/// depends on which rustls provider features other crates enable.
+pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: cannot read certificates: {e}", tls.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", tls.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| format!("{}: cannot read private key: {e}", tls.key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("{}: {e}", display_pair(&tls.cert, &tls.key)))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+fn display_pair(a: &Path, b: &Path) -> String {
+    format!("{} / {}", a.display(), b.display())
+}
+
+/// Signals shared by every connection of a server.
+#[derive(Clone)]
+pub struct Shutdown {
+    /// Flips to true: stop accepting, finish in-flight requests, close.
+    pub drain: watch::Receiver<bool>,
+    /// Flips to true: close every connection now.
+    pub hard_stop: watch::Receiver<bool>,
+    /// Dropped by each connection task when it ends.
+    pub tracker: mpsc::Sender<()>,
+}
+
+/// Accepts connections until `shutdown.drain` flips, serving each with the
+/// service that `make` builds for it.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    opts: ListenerOptions,
+    shutdown: Shutdown,
+    make: F,
+) where
+    F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    let builder = Arc::new(builder(&opts));
+    let mut drain = shutdown.drain.clone();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain.wait_for(|d| *d) => break,
+            a = listener.accept() => a,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            builder: builder.clone(),
+            tls: tls.clone(),
+            shutdown: shutdown.clone(),
+            handshake_timeout: opts.header_read_timeout,
+        };
+        let make = make.clone();
+        tokio::spawn(conn.run(stream, remote, make));
+    }
+    drop(listener);
+}
+
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    shutdown: Shutdown,
+    handshake_timeout: Duration,
+}
+
+impl Connection {
+    async fn run<F, Fut>(self, stream: TcpStream, remote: SocketAddr, make: F)
+    where
+        F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
+    {
+        let _tracker = self.shutdown.tracker.clone();
+        let info = ConnInfo {
+            remote,
+            tls: self.tls.is_some(),
+        };
+        let svc = hyper::service::service_fn(move |req| {
+            let fut = make(req, info);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        match &self.tls {
+            None => self.drive(TokioIo::new(stream), svc).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => self.drive(TokioIo::new(tls), svc).await,
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn drive<I, S>(&self, io: I, svc: S)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                Request<Incoming>,
+                Response = Response<ResponseBody>,
+                Error = Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let conn = self.builder.serve_connection_with_upgrades(io, svc);
+        tokio::pin!(conn);
+        let mut drain = self.shutdown.drain.clone();
+        let mut hard = self.shutdown.hard_stop.clone();
+        tokio::select! {
+            res = conn.as_mut() => { log_conn_end(res); return; }
+            _ = drain.wait_for(|d| *d) => conn.as_mut().graceful_shutdown(),
+            _ = hard.wait_for(|h| *h) => return,
+        }
+        tokio::select! {
+            res = conn.as_mut() => log_conn_end(res),
+            _ = hard.wait_for(|h| *h) => {}
+        }
+    }
+}
+
+fn log_conn_end(res: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,153 @@
+//! The runtime of one upstream service: its policy, its current endpoint set
+//! (an immutable snapshot behind `ArcSwap`), its balancer, its pooled client
+//! and its in-flight count. Built once per service and kept across config
+//! reloads that do not change the service.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::balancer::{self, Balancer, PickContext};
+use crate::config::{HashKey, ServiceConfig};
+use crate::proxy::client::{self, HttpClient};
+use crate::registry::{Endpoint, EndpointSet, Source};
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: Arc<str>,
+    pub config: ServiceConfig,
+    balancer: Box<dyn Balancer>,
+    endpoints: ArcSwap<EndpointSet>,
+    pub(crate) client: HttpClient,
+    inflight: AtomicUsize,
+}
+
+impl Service {
+    /// Builds a service with its static endpoints, all available.
+    pub fn new(config: ServiceConfig) -> Arc<Service> {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .filter_map(|e| match Endpoint::new(&e.address, &e.address, e.weight, Source::Static) {
+                Ok(ep) => Some(Arc::new(ep)),
+                Err(err) => {
+                    // Config validation accepts only host:port, so this is unexpected.
+                    tracing::error!(service = %config.name, endpoint = %e.address, error = %err, "unusable endpoint address");
+                    None
+                }
+            })
+            .collect();
+        let set = EndpointSet::all_available(endpoints);
+        let balancer = balancer::build(&config);
+        balancer.update(&set);
+        if !balancer::implemented(config.balancer) {
+            tracing::warn!(
+                service = %config.name,
+                balancer = config.balancer.as_str(),
+                "this balancer is not implemented yet; the service is balanced round robin"
+            );
+        }
+        Arc::new(Service {
+            name: config.name.as_str().into(),
+            client: client::build(config.connect_timeout),
+            balancer,
+            endpoints: ArcSwap::from_pointee(set),
+            inflight: AtomicUsize::new(0),
+            config,
+        })
+    }
+
+    /// The current endpoint snapshot.
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.endpoints.load_full()
+    }
+
+    /// Publishes a new endpoint snapshot (off the request path).
+    pub fn set_endpoints(&self, set: EndpointSet) {
+        self.balancer.update(&set);
+        self.endpoints.store(Arc::new(set));
+    }
+
+    pub fn balancer(&self) -> &dyn Balancer {
+        self.balancer.as_ref()
+    }
+
+    /// Picks an available endpoint for a request.
+    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<Arc<Endpoint>> {
+        let set = self.endpoints.load();
+        let idx = self.balancer.pick(&set, ctx)?;
+        set.endpoints.get(idx).cloned()
+    }
+
+    /// Takes one of `max_concurrent_requests` slots; `false` when full.
+    /// Every `true` must be paired with one [`Service::release`].
+    pub fn try_acquire(&self) -> bool {
+        let limit = self.config.max_concurrent_requests;
+        let prev = self.inflight.fetch_add(1, Ordering::AcqRel);
+        if prev >= limit {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn release(&self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// The hash of the request's `hash_key`, if the service has one and the
+    /// request carries it.
+    pub fn request_hash(
+        &self,
+        req: &http::request::Parts,
+        client_ip: std::net::IpAddr,
+    ) -> Option<u64> {
+        let key = self.config.hash_key.as_ref()?;
+        match key {
+            HashKey::Header(name) => req
+                .headers
+                .get(name)
+                .map(|v| balancer::hash_bytes(v.as_bytes())),
+            HashKey::Cookie(name) => {
+                cookie_value(&req.headers, name).map(|v| balancer::hash_bytes(v.as_bytes()))
+            }
+            HashKey::Path => Some(balancer::hash_bytes(req.uri.path().as_bytes())),
+            HashKey::ClientIp => Some(match client_ip {
+                std::net::IpAddr::V4(a) => balancer::hash_bytes(&a.octets()),
+                std::net::IpAddr::V6(a) => balancer::hash_bytes(&a.octets()),
+            }),
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_lookup() {
+        let mut h = http::HeaderMap::new();
+        h.append(http::header::COOKIE, "a=1; session=xyz".parse().unwrap());
+        h.append(http::header::COOKIE, "b=2".parse().unwrap());
+        assert_eq!(cookie_value(&h, "session"), Some("xyz"));
+        assert_eq!(cookie_value(&h, "b"), Some("2"));
+        assert_eq!(cookie_value(&h, "c"), None);
+    }
+}
