@@ -15,18 +15,11 @@ pub enum GatewayError {
     #[error("service {service} has no healthy endpoint")]
     NoHealthyUpstream { service: String },
     #[error("the circuit breaker of service {service} is open")]
-    CircuitOpen {
-        service: String,
-        retry_after: Duration,
-    },
+    CircuitOpen { service: String, retry_after: Duration },
     #[error("service {service} has {limit} requests in flight (max_concurrent_requests)")]
     Overloaded { service: String, limit: usize },
     #[error("upstream {endpoint} of service {service} did not answer within {timeout:?}")]
-    UpstreamTimeout {
-        service: String,
-        endpoint: String,
-        timeout: Duration,
-    },
+    UpstreamTimeout { service: String, endpoint: String, timeout: Duration },
     #[error("upstream {endpoint} of service {service} failed: {source}")]
     UpstreamConnect {
         service: String,
@@ -73,13 +66,11 @@ impl GatewayError {
         let body = serde_json::json!({ "error": self.kind(), "message": message, "request_id": request_id });
         let mut resp = Response::new(Bytes::from(body.to_string()));
         *resp.status_mut() = self.status();
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let GatewayError::CircuitOpen { retry_after, .. } = self {
             // Whole seconds, rounded up so a client never retries too early.
             let secs = retry_after.as_millis().div_ceil(1000).max(1) as u64;
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -106,10 +97,7 @@ mod tests {
 
     #[test]
     fn body_is_the_spec_json() {
-        let e = GatewayError::NoRoute {
-            method: http::Method::GET,
-            path: "/x".into(),
-        };
+        let e = GatewayError::NoRoute { method: http::Method::GET, path: "/x".into() };
         let r = e.to_response("abc");
         assert_eq!(r.status(), 404);
         let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
@@ -120,10 +108,7 @@ mod tests {
 
     #[test]
     fn circuit_open_has_retry_after_rounded_up() {
-        let e = GatewayError::CircuitOpen {
-            service: "s".into(),
-            retry_after: Duration::from_millis(1200),
-        };
+        let e = GatewayError::CircuitOpen { service: "s".into(), retry_after: Duration::from_millis(1200) };
         let r = e.to_response("id");
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[RETRY_AFTER], "2");

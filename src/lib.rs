@@ -28,17 +28,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use config::Config;
-use proxy::{Proxy, Snapshot};
+use proxy::Proxy;
 use server::{ListenerOptions, Shutdown};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(String),
 }
@@ -55,6 +52,8 @@ pub struct Gateway {
     admin_stop_tx: watch::Sender<bool>,
     conns_rx: mpsc::Receiver<()>,
     tasks: Vec<JoinHandle<()>>,
+    /// Sweeper, snapshot writer: aborted at shutdown.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -67,33 +66,26 @@ impl Gateway {
             None => None,
         };
         let proxy_listener =
-            TcpListener::bind(g.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: g.listen,
-                    source,
-                })?;
-        let admin_listener =
-            TcpListener::bind(g.admin_listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: g.admin_listen,
-                    source,
-                })?;
-        let proxy_addr = proxy_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: g.listen,
-                source,
-            })?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: g.admin_listen,
-                source,
-            })?;
+            TcpListener::bind(g.listen).await.map_err(|source| StartError::Bind { addr: g.listen, source })?;
+        let admin_listener = TcpListener::bind(g.admin_listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: g.admin_listen, source })?;
+        let proxy_addr = proxy_listener.local_addr().map_err(|source| StartError::Bind { addr: g.listen, source })?;
+        let admin_addr =
+            admin_listener.local_addr().map_err(|source| StartError::Bind { addr: g.admin_listen, source })?;
 
-        let proxy = Arc::new(Proxy::new(Snapshot::build(config.clone(), None)));
+        let registry = Arc::new(registry::Registry::new(config.registry.heartbeat_ttl));
+        let proxy = Proxy::new(config.clone(), registry.clone());
+        if let Some(path) = &config.registry.snapshot {
+            let restored = registry.restore(registry::persist::load(path));
+            if restored > 0 {
+                tracing::info!(target: "waygate::registry", restored, path = %path.display(), "leases restored from snapshot");
+            }
+        }
+        let mut tasks = vec![registry.spawn_sweeper()];
+        if let Some(path) = &config.registry.snapshot {
+            tasks.push(registry::persist::spawn_writer(registry.clone(), path.clone()));
+        }
         let admin = Arc::new(admin::AdminState::new(proxy.clone()));
 
         let (drain_tx, drain_rx) = watch::channel(false);
@@ -107,11 +99,7 @@ impl Gateway {
             proxy_listener,
             tls,
             opts.clone(),
-            Shutdown {
-                drain: drain_rx,
-                hard_stop: hard_rx.clone(),
-                tracker: conns_tx,
-            },
+            Shutdown { drain: drain_rx, hard_stop: hard_rx.clone(), tracker: conns_tx },
             move |req, conn| {
                 let p = p.clone();
                 async move { p.handle(req, conn).await }
@@ -125,11 +113,7 @@ impl Gateway {
             admin_listener,
             None,
             opts,
-            Shutdown {
-                drain: admin_stop_rx.clone(),
-                hard_stop: admin_stop_rx,
-                tracker: admin_conns_tx,
-            },
+            Shutdown { drain: admin_stop_rx.clone(), hard_stop: admin_stop_rx, tracker: admin_conns_tx },
             move |req, _conn| admin::handle(a.clone(), req),
         ));
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, tls = g.tls.is_some(), config = %config.hash, "waygate listening");
@@ -143,6 +127,7 @@ impl Gateway {
             hard_tx,
             admin_stop_tx,
             conns_rx,
+            background: tasks,
             tasks: vec![proxy_task, admin_task],
         })
     }
@@ -173,23 +158,21 @@ impl Gateway {
         self.admin.draining.store(true, Ordering::SeqCst);
         let _ = self.drain_tx.send(true);
         let timeout = self.config.gateway.drain_timeout;
-        tracing::info!(
-            ?timeout,
-            "draining: no new connections, finishing in-flight requests"
-        );
-        let drained = tokio::time::timeout(timeout, self.conns_rx.recv())
-            .await
-            .is_ok();
+        tracing::info!(?timeout, "draining: no new connections, finishing in-flight requests");
+        let drained = tokio::time::timeout(timeout, self.conns_rx.recv()).await.is_ok();
         if drained {
             tracing::info!("drained");
         } else {
-            tracing::warn!(
-                ?timeout,
-                "drain_timeout passed; cutting the remaining connections"
-            );
+            tracing::warn!(?timeout, "drain_timeout passed; cutting the remaining connections");
             let _ = self.hard_tx.send(true);
         }
         let _ = self.admin_stop_tx.send(true);
+        for t in &self.background {
+            t.abort();
+        }
+        if let Some(path) = &self.config.registry.snapshot {
+            registry::persist::save_now(self.proxy.registry(), path);
+        }
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
@@ -203,5 +186,8 @@ impl Drop for Gateway {
         let _ = self.drain_tx.send(true);
         let _ = self.hard_tx.send(true);
         let _ = self.admin_stop_tx.send(true);
+        for t in &self.background {
+            t.abort();
+        }
     }
 }

@@ -50,11 +50,7 @@ fn main() -> ExitCode {
                 Ok(config) => serve(config, Some(path)),
                 Err(errors) => {
                     eprintln!("{errors}");
-                    eprintln!(
-                        "waygate: {} error(s) in {}; not starting",
-                        errors.0.len(),
-                        path.display()
-                    );
+                    eprintln!("waygate: {} error(s) in {}; not starting", errors.0.len(), path.display());
                     ExitCode::FAILURE
                 }
             }
@@ -85,10 +81,7 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
     if workers > 0 {
         b.worker_threads(workers);
     }
-    b.enable_all()
-        .thread_name("waygate-worker")
-        .build()
-        .expect("tokio runtime")
+    b.enable_all().thread_name("waygate-worker").build().expect("tokio runtime")
 }
 
 fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigErrors};
-use crate::proxy::{Proxy, Snapshot};
+use crate::proxy::Proxy;
 
 /// Reloads `path` on every SIGHUP until aborted.
 pub fn spawn(path: PathBuf, proxy: Arc<Proxy>) -> JoinHandle<()> {
@@ -51,7 +51,7 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigErrors> {
         config.gateway = was.clone();
     }
     let hash = config.hash.clone();
-    proxy.swap(Snapshot::build(Arc::new(config), Some(&old)));
+    proxy.install(Arc::new(config));
     tracing::info!(target: "waygate::reload", %hash, "config reloaded");
     Ok(())
 }

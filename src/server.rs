@@ -35,10 +35,7 @@ pub struct ListenerOptions {
 
 impl ListenerOptions {
     pub fn from_config(g: &GatewayConfig) -> Self {
-        ListenerOptions {
-            header_read_timeout: g.header_read_timeout,
-            max_header_bytes: g.max_header_bytes,
-        }
+        ListenerOptions { header_read_timeout: g.header_read_timeout, max_header_bytes: g.max_header_bytes }
     }
 }
 
@@ -74,14 +71,12 @@ pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, String> {
     }
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| format!("{}: cannot read private key: {e}", tls.key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS setup: {e}"))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("{}: {e}", display_pair(&tls.cert, &tls.key)))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", display_pair(&tls.cert, &tls.key)))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -157,34 +152,26 @@ impl Connection {
         Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
     {
         let _tracker = self.shutdown.tracker.clone();
-        let info = ConnInfo {
-            remote,
-            tls: self.tls.is_some(),
-        };
+        let info = ConnInfo { remote, tls: self.tls.is_some() };
         let svc = hyper::service::service_fn(move |req| {
             let fut = make(req, info);
             async move { Ok::<_, Infallible>(fut.await) }
         });
         match &self.tls {
             None => self.drive(TokioIo::new(stream), svc).await,
-            Some(acceptor) => {
-                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => self.drive(TokioIo::new(tls), svc).await,
-                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                }
-            }
+            Some(acceptor) => match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => self.drive(TokioIo::new(tls), svc).await,
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+            },
         }
     }
 
     async fn drive<I, S>(&self, io: I, svc: S)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                Request<Incoming>,
-                Response = Response<ResponseBody>,
-                Error = Infallible,
-            > + Send
+        S: hyper::service::Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
+            + Send
             + 'static,
         S::Future: Send + 'static,
     {

@@ -24,9 +24,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// Builds a service with its static endpoints, all available.
-    pub fn new(config: ServiceConfig) -> Arc<Service> {
-        let endpoints = config
+    /// Builds a service from its static endpoints and the instances
+    /// currently registered under its name.
+    pub fn new(config: ServiceConfig, registered: Vec<Arc<Endpoint>>) -> Arc<Service> {
+        let mut endpoints: Vec<Arc<Endpoint>> = config
             .endpoints
             .iter()
             .filter_map(|e| match Endpoint::new(&e.address, &e.address, e.weight, Source::Static) {
@@ -38,6 +39,7 @@ impl Service {
                 }
             })
             .collect();
+        endpoints.extend(registered);
         let set = EndpointSet::all_available(endpoints);
         let balancer = balancer::build(&config);
         balancer.update(&set);
@@ -67,6 +69,15 @@ impl Service {
     pub fn set_endpoints(&self, set: EndpointSet) {
         self.balancer.update(&set);
         self.endpoints.store(Arc::new(set));
+    }
+
+    /// Replaces the registered endpoints (static ones stay as they are).
+    pub fn set_registered(&self, registered: Vec<Arc<Endpoint>>) {
+        let current = self.endpoints.load();
+        let mut endpoints: Vec<Arc<Endpoint>> =
+            current.endpoints.iter().filter(|e| e.source == Source::Static).cloned().collect();
+        endpoints.extend(registered);
+        self.set_endpoints(EndpointSet::all_available(endpoints));
     }
 
     pub fn balancer(&self) -> &dyn Balancer {
@@ -102,20 +113,11 @@ impl Service {
 
     /// The hash of the request's `hash_key`, if the service has one and the
     /// request carries it.
-    pub fn request_hash(
-        &self,
-        req: &http::request::Parts,
-        client_ip: std::net::IpAddr,
-    ) -> Option<u64> {
+    pub fn request_hash(&self, req: &http::request::Parts, client_ip: std::net::IpAddr) -> Option<u64> {
         let key = self.config.hash_key.as_ref()?;
         match key {
-            HashKey::Header(name) => req
-                .headers
-                .get(name)
-                .map(|v| balancer::hash_bytes(v.as_bytes())),
-            HashKey::Cookie(name) => {
-                cookie_value(&req.headers, name).map(|v| balancer::hash_bytes(v.as_bytes()))
-            }
+            HashKey::Header(name) => req.headers.get(name).map(|v| balancer::hash_bytes(v.as_bytes())),
+            HashKey::Cookie(name) => cookie_value(&req.headers, name).map(|v| balancer::hash_bytes(v.as_bytes())),
             HashKey::Path => Some(balancer::hash_bytes(req.uri.path().as_bytes())),
             HashKey::ClientIp => Some(match client_ip {
                 std::net::IpAddr::V4(a) => balancer::hash_bytes(&a.octets()),

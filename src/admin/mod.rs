@@ -1,6 +1,8 @@
-//! The admin listener: `/health`, `/ready`, `/admin/upstreams`,
-//! `/admin/config`. It is a separate port; nothing here is reachable on the
-//! proxy listener.
+//! The admin listener: `/health`, `/ready`, `/registry` (see [`registry`]),
+//! `/admin/upstreams`, `/admin/config`. It is a separate port; nothing here
+//! is reachable on the proxy listener.
+
+pub mod registry;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::proxy::{Proxy, ResponseBody};
+use crate::registry::Endpoint;
 
 /// What the admin handlers read.
 #[derive(Debug)]
@@ -24,42 +27,31 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn new(proxy: Arc<Proxy>) -> Self {
-        AdminState {
-            proxy,
-            draining: AtomicBool::new(false),
-        }
+        AdminState { proxy, draining: AtomicBool::new(false) }
     }
 }
 
 pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let path = req.uri().path().trim_end_matches('/');
+    let raw_path = req.uri().path();
+    if raw_path == "/registry" || raw_path.starts_with("/registry/") {
+        return registry::handle(&state, req).await;
+    }
+    let path = raw_path.trim_end_matches('/');
     let method = req.method();
     let (allowed, result): (&str, Option<(StatusCode, Value)>) = match path {
-        "/health" => (
-            "GET, HEAD",
-            get(method, || (StatusCode::OK, json!({"status": "ok"}))),
-        ),
+        "/health" => ("GET, HEAD", get(method, || (StatusCode::OK, json!({"status": "ok"})))),
         "/ready" => (
             "GET, HEAD",
             get(method, || {
                 if state.draining.load(Ordering::Relaxed) {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({"status": "draining"}),
-                    )
+                    (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "draining"}))
                 } else {
                     (StatusCode::OK, json!({"status": "ready"}))
                 }
             }),
         ),
-        "/admin/upstreams" => (
-            "GET, HEAD",
-            get(method, || (StatusCode::OK, upstreams(&state.proxy))),
-        ),
-        "/admin/config" => (
-            "GET, HEAD",
-            get(method, || (StatusCode::OK, config_info(&state.proxy))),
-        ),
+        "/admin/upstreams" => ("GET, HEAD", get(method, || (StatusCode::OK, upstreams(&state.proxy)))),
+        "/admin/config" => ("GET, HEAD", get(method, || (StatusCode::OK, config_info(&state.proxy)))),
         _ => {
             return json_response(
                 StatusCode::NOT_FOUND,
@@ -69,16 +61,17 @@ pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<
     };
     match result {
         Some((status, body)) => json_response(status, &body),
-        None => {
-            let mut r = json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": "method_not_allowed", "message": format!("{method} is not allowed on {path}")}),
-            );
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allowed));
-            r
-        }
+        None => method_not_allowed(method, path, allowed),
     }
+}
+
+pub fn method_not_allowed(method: &Method, path: &str, allowed: &'static str) -> Response<ResponseBody> {
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({"error": "method_not_allowed", "message": format!("{method} is not allowed on {path}")}),
+    );
+    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allowed));
+    r
 }
 
 fn get(method: &Method, f: impl FnOnce() -> (StatusCode, Value)) -> Option<(StatusCode, Value)> {
@@ -88,8 +81,7 @@ fn get(method: &Method, f: impl FnOnce() -> (StatusCode, Value)) -> Option<(Stat
 pub fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -98,56 +90,65 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 fn ms_ago(t: SystemTime) -> u64 {
-    SystemTime::now()
-        .duration_since(t)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(t).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Every service with its breaker state and every endpoint with its one state
-/// and the reason and time of its last transition.
+/// and the reason and time of its last transition (recently expired
+/// instances included, as `expired`).
 fn upstreams(proxy: &Proxy) -> Value {
     let snap = proxy.snapshot();
-    let mut names: Vec<&String> = snap.services.keys().collect();
-    names.sort();
-    let mut services = serde_json::Map::new();
-    for name in names {
-        let svc = &snap.services[name];
-        let set = svc.endpoints();
-        let endpoints: Vec<Value> = set
-            .endpoints
-            .iter()
-            .map(|ep| {
-                let t = ep.stats.transition();
-                json!({
-                    "id": ep.id.as_ref(),
-                    "address": ep.address.as_ref(),
-                    "source": ep.source.as_str(),
-                    "weight": ep.weight,
-                    "state": t.state.as_str(),
-                    "reason": t.reason,
-                    "since": rfc3339(t.at),
-                    "since_ms_ago": ms_ago(t.at),
-                    "active_requests": ep.stats.active(),
+    proxy.registry().with_table(|table| {
+        let mut names: Vec<&String> = snap.services.keys().collect();
+        names.extend(table.services().map(|(n, _)| n));
+        names.extend(table.expired_services());
+        names.sort();
+        names.dedup();
+        let mut services = serde_json::Map::new();
+        for name in names {
+            let svc = snap.services.get(name);
+            let live: Vec<Arc<Endpoint>> = match svc {
+                Some(svc) => svc.endpoints().endpoints.clone(),
+                None => table.endpoints_of(name),
+            };
+            let endpoints: Vec<Value> = live
+                .iter()
+                .chain(table.expired_of(name).map(|t| &t.endpoint))
+                .map(|ep| {
+                    let t = ep.stats.transition();
+                    json!({
+                        "id": ep.id.as_ref(),
+                        "address": ep.address.as_ref(),
+                        "source": ep.source.as_str(),
+                        "weight": ep.weight,
+                        "state": t.state.as_str(),
+                        "reason": t.reason,
+                        "since": rfc3339(t.at),
+                        "since_ms_ago": ms_ago(t.at),
+                        "active_requests": ep.stats.active(),
+                    })
                 })
-            })
-            .collect();
-        let breaker = match &svc.config.circuit_breaker {
-            Some(_) => json!({"state": "closed"}),
-            None => json!({"state": "disabled"}),
-        };
-        services.insert(
-            name.clone(),
-            json!({
-                "balancer": svc.balancer().kind().as_str(),
-                "circuit_breaker": breaker,
-                "inflight": svc.inflight(),
-                "max_concurrent_requests": svc.config.max_concurrent_requests,
-                "endpoints": endpoints,
-            }),
-        );
-    }
-    json!({ "services": services })
+                .collect();
+            let entry = match svc {
+                Some(svc) => json!({
+                    "declared": true,
+                    "balancer": svc.balancer().kind().as_str(),
+                    "circuit_breaker": match &svc.config.circuit_breaker {
+                        Some(_) => json!({"state": "closed"}),
+                        None => json!({"state": "disabled"}),
+                    },
+                    "inflight": svc.inflight(),
+                    "max_concurrent_requests": svc.config.max_concurrent_requests,
+                    "endpoints": endpoints,
+                }),
+                // Registered under a name no [[services]] entry declares: kept and
+                // listed, but no route can reach it until the config declares it.
+                None => json!({ "declared": false, "endpoints": endpoints }),
+            };
+            services.insert(name.clone(), entry);
+        }
+        json!({ "services": services })
+    })
 }
 
 fn config_info(proxy: &Proxy) -> Value {

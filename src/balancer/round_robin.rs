@@ -21,20 +21,14 @@ impl Default for RoundRobin {
 
 impl RoundRobin {
     pub fn new() -> Self {
-        RoundRobin {
-            next: AtomicUsize::new(0),
-            kind: BalancerKind::RoundRobin,
-        }
+        RoundRobin { next: AtomicUsize::new(0), kind: BalancerKind::RoundRobin }
     }
 
     /// Round robin serving a service configured with another strategy that is
     /// not implemented yet; reports that kind so the admin API stays truthful
     /// about the configuration while the log says what actually runs.
     pub fn standing_in_for(kind: BalancerKind) -> Self {
-        RoundRobin {
-            next: AtomicUsize::new(0),
-            kind,
-        }
+        RoundRobin { next: AtomicUsize::new(0), kind }
     }
 }
 
@@ -71,13 +65,7 @@ mod tests {
         let eps = (0..n)
             .map(|i| {
                 Arc::new(
-                    Endpoint::new(
-                        &format!("e{i}"),
-                        &format!("127.0.0.1:{}", 1000 + i),
-                        1,
-                        Source::Static,
-                    )
-                    .unwrap(),
+                    Endpoint::new(&format!("e{i}"), &format!("127.0.0.1:{}", 1000 + i), 1, Source::Static).unwrap(),
                 )
             })
             .collect();
@@ -88,9 +76,7 @@ mod tests {
     fn exact_cycle() {
         let s = set(3);
         let rr = RoundRobin::new();
-        let picks: Vec<_> = (0..7)
-            .map(|_| rr.pick(&s, &PickContext::default()).unwrap())
-            .collect();
+        let picks: Vec<_> = (0..7).map(|_| rr.pick(&s, &PickContext::default()).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2, 0]);
     }
 
@@ -99,18 +85,13 @@ mod tests {
         let mut s = set(4);
         s.available = vec![1, 3];
         let rr = RoundRobin::new();
-        let picks: Vec<_> = (0..4)
-            .map(|_| rr.pick(&s, &PickContext::default()).unwrap())
-            .collect();
+        let picks: Vec<_> = (0..4).map(|_| rr.pick(&s, &PickContext::default()).unwrap()).collect();
         assert_eq!(picks, vec![1, 3, 1, 3]);
     }
 
     #[test]
     fn empty_set_picks_nothing() {
-        assert_eq!(
-            RoundRobin::new().pick(&set(0), &PickContext::default()),
-            None
-        );
+        assert_eq!(RoundRobin::new().pick(&set(0), &PickContext::default()), None);
     }
 
     #[test]
@@ -118,18 +99,12 @@ mod tests {
         let s = set(2);
         let rr = RoundRobin::new();
         let tried = [s.endpoints[0].clone()];
-        let ctx = PickContext {
-            hash: None,
-            avoid: &tried,
-        };
+        let ctx = PickContext { hash: None, avoid: &tried };
         for _ in 0..5 {
             assert_eq!(rr.pick(&s, &ctx), Some(1));
         }
         let all = [s.endpoints[0].clone(), s.endpoints[1].clone()];
-        let ctx = PickContext {
-            hash: None,
-            avoid: &all,
-        };
+        let ctx = PickContext { hash: None, avoid: &all };
         assert!(rr.pick(&s, &ctx).is_some());
     }
 }

@@ -10,6 +10,8 @@
 pub mod raw;
 mod validate;
 
+pub use validate::{valid_host_port, valid_name};
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -187,11 +189,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.path, self.line, self.col, self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.path, self.line, self.col, self.message)
     }
 }
 
@@ -251,26 +249,14 @@ impl Config {
             if g.tls.is_some() { "TLS" } else { "plain" },
             g.admin_listen,
             g.drain_timeout,
-            if g.worker_threads == 0 {
-                "auto".to_string()
-            } else {
-                g.worker_threads.to_string()
-            }
+            if g.worker_threads == 0 { "auto".to_string() } else { g.worker_threads.to_string() }
         );
         let _ = writeln!(
             s,
             "registry: heartbeat_ttl {:?}, token {}, snapshot {}",
             self.registry.heartbeat_ttl,
-            if self.registry.token.is_some() {
-                "set"
-            } else {
-                "none"
-            },
-            self.registry
-                .snapshot
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "off".into())
+            if self.registry.token.is_some() { "set" } else { "none" },
+            self.registry.snapshot.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "off".into())
         );
         let _ = writeln!(s, "{} service(s):", self.services.len());
         for svc in self.services.iter().take(20) {
@@ -293,11 +279,7 @@ impl Config {
                 svc.name,
                 svc.endpoints.len(),
                 svc.balancer.as_str(),
-                if policies.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {}", policies.join(" "))
-                }
+                if policies.is_empty() { String::new() } else { format!(", {}", policies.join(" ")) }
             );
         }
         if self.services.len() > 20 {
@@ -311,17 +293,10 @@ impl Config {
                 r.host.as_deref().unwrap_or(""),
                 r.path_prefix,
                 r.service,
-                if r.strip_prefix {
-                    " (strip_prefix)"
-                } else {
-                    ""
-                },
+                if r.strip_prefix { " (strip_prefix)" } else { "" },
                 r.methods
                     .as_ref()
-                    .map(|m| format!(
-                        " [{}]",
-                        m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
-                    ))
+                    .map(|m| format!(" [{}]", m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")))
                     .unwrap_or_default()
             );
         }

@@ -61,10 +61,7 @@ pub struct RawService {
 
 /// `"127.0.0.1:3001"` or `{ address = "127.0.0.1:3011", weight = 3 }`.
 #[derive(Debug, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "an endpoint: \"host:port\" or { address = \"host:port\", weight = N }"
-)]
+#[serde(untagged, expecting = "an endpoint: \"host:port\" or { address = \"host:port\", weight = N }")]
 pub enum RawEndpoint {
     Address(String),
     Table(RawEndpointTable),
@@ -166,17 +163,13 @@ impl<'de> Deserialize<'de> for DurationValue {
                 parse_duration(s).map(DurationValue).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<DurationValue, E> {
-                Err(E::custom(format!(
-                    "duration {n} has no unit: write it as a string such as \"{n}s\" or \"{n}ms\""
-                )))
+                Err(E::custom(format!("duration {n} has no unit: write it as a string such as \"{n}s\" or \"{n}ms\"")))
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<DurationValue, E> {
                 self.visit_i64(n as i64)
             }
             fn visit_f64<E: de::Error>(self, n: f64) -> Result<DurationValue, E> {
-                Err(E::custom(format!(
-                    "duration {n} has no unit: write it as a string such as \"{n}s\""
-                )))
+                Err(E::custom(format!("duration {n} has no unit: write it as a string such as \"{n}s\"")))
             }
         }
         d.deserialize_any(V)
@@ -187,11 +180,8 @@ impl<'de> Deserialize<'de> for DurationValue {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(format!(
-            "duration \"{s}\" has no unit: write \"{t}s\" or \"{t}ms\""
-        ));
+        return Err(format!("duration \"{s}\" has no unit: write \"{t}s\" or \"{t}ms\""));
     }
-    humantime::parse_duration(t).map_err(|e| {
-        format!("invalid duration \"{s}\" ({e}); use a unit like \"250ms\", \"5s\", \"1m\"")
-    })
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration \"{s}\" ({e}); use a unit like \"250ms\", \"5s\", \"1m\""))
 }

@@ -39,12 +39,7 @@ impl<'a> Errors<'a> {
                 .into_iter()
                 .map(|(pos, message)| {
                     let (line, col) = line_col(self.text, pos);
-                    ConfigError {
-                        path: self.name.to_string(),
-                        line,
-                        col,
-                        message,
-                    }
+                    ConfigError { path: self.name.to_string(), line, col, message }
                 })
                 .collect(),
         )
@@ -79,11 +74,7 @@ fn de<T: DeserializeOwned>(v: Spanned<DeValue<'_>>, errs: &mut Errors) -> Option
 }
 
 pub(super) fn parse(text: &str, name: &str) -> Result<Config, ConfigErrors> {
-    let mut errs = Errors {
-        text,
-        name,
-        list: Vec::new(),
-    };
+    let mut errs = Errors { text, name, list: Vec::new() };
     let doc = match DeTable::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
@@ -140,7 +131,10 @@ pub(super) fn parse(text: &str, name: &str) -> Result<Config, ConfigErrors> {
         if !names.contains_key(&service_name) && services_parsed {
             errs.at(
                 service_span,
-                format!("route {} names service `{service_name}`, which is not declared in [[services]]", route.path_prefix),
+                format!(
+                    "route {} names service `{service_name}`, which is not declared in [[services]]",
+                    route.path_prefix
+                ),
             );
         }
         for (other, _) in &seen_routes {
@@ -188,11 +182,7 @@ fn methods_overlap(a: &Option<Vec<http::Method>>, b: &Option<Vec<http::Method>>)
     }
 }
 
-fn take_table<T: DeserializeOwned + Default>(
-    doc: &mut DeTable<'_>,
-    key: &str,
-    errs: &mut Errors,
-) -> Option<T> {
+fn take_table<T: DeserializeOwned + Default>(doc: &mut DeTable<'_>, key: &str, errs: &mut Errors) -> Option<T> {
     let v = doc.remove(key)?;
     if !v.get_ref().is_table() {
         errs.at(v.span(), format!("`{key}` must be a table ([{key}])"));
@@ -201,11 +191,7 @@ fn take_table<T: DeserializeOwned + Default>(
     de(v, errs)
 }
 
-fn take_array<T: DeserializeOwned>(
-    doc: &mut DeTable<'_>,
-    key: &str,
-    errs: &mut Errors,
-) -> Vec<Option<T>> {
+fn take_array<T: DeserializeOwned>(doc: &mut DeTable<'_>, key: &str, errs: &mut Errors) -> Vec<Option<T>> {
     let Some(v) = doc.remove(key) else {
         return Vec::new();
     };
@@ -216,10 +202,7 @@ fn take_array<T: DeserializeOwned>(
             items.into_iter().map(|item| de(item, errs)).collect()
         }
         _ => {
-            errs.at(
-                span,
-                format!("`{key}` must be an array of tables ([[{key}]])"),
-            );
+            errs.at(span, format!("`{key}` must be an array of tables ([[{key}]])"));
             vec![None]
         }
     }
@@ -229,13 +212,7 @@ fn addr(s: &Spanned<String>, what: &str, errs: &mut Errors) -> Option<SocketAddr
     match s.get_ref().parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            errs.at(
-                s.span(),
-                format!(
-                    "{what} \"{}\" is not an IP:port address (e.g. \"0.0.0.0:8080\")",
-                    s.get_ref()
-                ),
-            );
+            errs.at(s.span(), format!("{what} \"{}\" is not an IP:port address (e.g. \"0.0.0.0:8080\")", s.get_ref()));
             None
         }
     }
@@ -256,21 +233,12 @@ fn nonzero_duration(v: &Spanned<DurationValue>, what: &str, errs: &mut Errors) -
     d
 }
 
-fn dur_or(
-    v: &Option<Spanned<DurationValue>>,
-    what: &str,
-    default: Duration,
-    errs: &mut Errors,
-) -> Duration {
-    v.as_ref()
-        .map(|v| nonzero_duration(v, what, errs))
-        .unwrap_or(default)
+fn dur_or(v: &Option<Spanned<DurationValue>>, what: &str, default: Duration, errs: &mut Errors) -> Duration {
+    v.as_ref().map(|v| nonzero_duration(v, what, errs)).unwrap_or(default)
 }
 
 fn pos_or(v: &Option<Spanned<u32>>, what: &str, default: u32, errs: &mut Errors) -> u32 {
-    v.as_ref()
-        .map(|v| positive(v, what, errs))
-        .unwrap_or(default)
+    v.as_ref().map(|v| positive(v, what, errs)).unwrap_or(default)
 }
 
 fn check_gateway(g: RawGateway, errs: &mut Errors) -> Option<GatewayConfig> {
@@ -284,26 +252,12 @@ fn check_gateway(g: RawGateway, errs: &mut Errors) -> Option<GatewayConfig> {
     };
     if let (Some(l), Some(a)) = (listen, admin_listen) {
         if l == a && l.port() != 0 {
-            let span = g
-                .admin_listen
-                .as_ref()
-                .or(g.listen.as_ref())
-                .map(|s| s.span())
-                .unwrap_or(0..0);
+            let span = g.admin_listen.as_ref().or(g.listen.as_ref()).map(|s| s.span()).unwrap_or(0..0);
             errs.at(span, "admin_listen must differ from listen: admin paths are never served on the proxy listener");
         }
     }
-    let drain_timeout = g
-        .drain_timeout
-        .as_ref()
-        .map(|d| d.get_ref().0)
-        .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
-    let header_read_timeout = dur_or(
-        &g.header_read_timeout,
-        "header_read_timeout",
-        DEFAULT_HEADER_READ_TIMEOUT,
-        errs,
-    );
+    let drain_timeout = g.drain_timeout.as_ref().map(|d| d.get_ref().0).unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+    let header_read_timeout = dur_or(&g.header_read_timeout, "header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT, errs);
     let max_header_bytes = match &g.max_header_bytes {
         Some(v) if *v.get_ref() < 8192 => {
             errs.at(v.span(), "max_header_bytes must be at least 8192");
@@ -318,19 +272,13 @@ fn check_gateway(g: RawGateway, errs: &mut Errors) -> Option<GatewayConfig> {
                 errs.at(p.span(), format!("tls.{what} must name a PEM file"));
             }
         }
-        TlsConfig {
-            cert: PathBuf::from(t.cert.into_inner()),
-            key: PathBuf::from(t.key.into_inner()),
-        }
+        TlsConfig { cert: PathBuf::from(t.cert.into_inner()), key: PathBuf::from(t.key.into_inner()) }
     });
     Some(GatewayConfig {
         listen: listen?,
         admin_listen: admin_listen?,
         drain_timeout,
-        worker_threads: g
-            .worker_threads
-            .map(|w| *w.get_ref() as usize)
-            .unwrap_or(DEFAULT_WORKER_THREADS),
+        worker_threads: g.worker_threads.map(|w| *w.get_ref() as usize).unwrap_or(DEFAULT_WORKER_THREADS),
         header_read_timeout,
         max_header_bytes,
         tls,
@@ -338,19 +286,11 @@ fn check_gateway(g: RawGateway, errs: &mut Errors) -> Option<GatewayConfig> {
 }
 
 fn check_registry(r: RawRegistry, errs: &mut Errors) -> Option<RegistryConfig> {
-    let heartbeat_ttl = dur_or(
-        &r.heartbeat_ttl,
-        "heartbeat_ttl",
-        DEFAULT_HEARTBEAT_TTL,
-        errs,
-    );
+    let heartbeat_ttl = dur_or(&r.heartbeat_ttl, "heartbeat_ttl", DEFAULT_HEARTBEAT_TTL, errs);
     let mut token = None;
     if let Some(t) = &r.token {
         if t.get_ref().is_empty() {
-            errs.at(
-                t.span(),
-                "token must not be empty (leave it out to disable registry auth)",
-            );
+            errs.at(t.span(), "token must not be empty (leave it out to disable registry auth)");
         }
         token = Some(t.get_ref().clone());
     }
@@ -360,21 +300,11 @@ fn check_registry(r: RawRegistry, errs: &mut Errors) -> Option<RegistryConfig> {
         } else {
             match std::env::var(env.get_ref()) {
                 Ok(v) if !v.is_empty() => token = Some(v),
-                _ => errs.at(
-                    env.span(),
-                    format!(
-                        "token_env names ${}, which is not set or empty",
-                        env.get_ref()
-                    ),
-                ),
+                _ => errs.at(env.span(), format!("token_env names ${}, which is not set or empty", env.get_ref())),
             }
         }
     }
-    Some(RegistryConfig {
-        heartbeat_ttl,
-        token,
-        snapshot: r.snapshot.map(|s| PathBuf::from(s.into_inner())),
-    })
+    Some(RegistryConfig { heartbeat_ttl, token, snapshot: r.snapshot.map(|s| PathBuf::from(s.into_inner())) })
 }
 
 fn check_telemetry(t: RawTelemetry, errs: &mut Errors) -> TelemetryConfig {
@@ -382,23 +312,15 @@ fn check_telemetry(t: RawTelemetry, errs: &mut Errors) -> TelemetryConfig {
         if !(e.get_ref().starts_with("http://") || e.get_ref().starts_with("https://"))
             || e.get_ref().parse::<http::Uri>().is_err()
         {
-            errs.at(
-                e.span(),
-                format!("otlp_endpoint \"{}\" is not an http(s) URL", e.get_ref()),
-            );
+            errs.at(e.span(), format!("otlp_endpoint \"{}\" is not an http(s) URL", e.get_ref()));
         }
     }
-    TelemetryConfig {
-        otlp_endpoint: t.otlp_endpoint.map(Spanned::into_inner),
-    }
+    TelemetryConfig { otlp_endpoint: t.otlp_endpoint.map(Spanned::into_inner) }
 }
 
 /// `[A-Za-z0-9._-]{1,128}`: service names and instance ids (SPEC §4).
 pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// `host:port` with a non-empty host (name, IPv4 or `[IPv6]`) and a port 1-65535.
@@ -412,9 +334,7 @@ pub fn valid_host_port(s: &str) -> bool {
     let port_ok = matches!(port.parse::<u16>(), Ok(p) if p > 0);
     let host_ok = !host.is_empty()
         && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         && !host.starts_with('-')
         && !host.starts_with('.');
     port_ok && host_ok
@@ -423,10 +343,7 @@ pub fn valid_host_port(s: &str) -> bool {
 fn check_service(s: RawService, errs: &mut Errors) -> Option<ServiceConfig> {
     let name = s.name.get_ref().clone();
     if !valid_name(&name) {
-        errs.at(
-            s.name.span(),
-            format!("service name \"{name}\" must be 1-128 characters of [A-Za-z0-9._-]"),
-        );
+        errs.at(s.name.span(), format!("service name \"{name}\" must be 1-128 characters of [A-Za-z0-9._-]"));
     }
     let mut endpoints = Vec::new();
     let mut seen = HashSet::new();
@@ -436,10 +353,7 @@ fn check_service(s: RawService, errs: &mut Errors) -> Option<ServiceConfig> {
             RawEndpoint::Table(t) => (t.address.clone(), t.weight.unwrap_or(DEFAULT_WEIGHT)),
         };
         if !valid_host_port(&address) {
-            errs.at(
-                ep.span(),
-                format!("endpoint \"{address}\" is not host:port"),
-            );
+            errs.at(ep.span(), format!("endpoint \"{address}\" is not host:port"));
             continue;
         }
         if weight == 0 {
@@ -451,11 +365,7 @@ fn check_service(s: RawService, errs: &mut Errors) -> Option<ServiceConfig> {
         }
         endpoints.push(StaticEndpoint { address, weight });
     }
-    let balancer = s
-        .balancer
-        .as_ref()
-        .map(|b| *b.get_ref())
-        .unwrap_or(DEFAULT_BALANCER);
+    let balancer = s.balancer.as_ref().map(|b| *b.get_ref()).unwrap_or(DEFAULT_BALANCER);
     let hash_key = match &s.hash_key {
         Some(k) => match parse_hash_key(k.get_ref()) {
             Ok(k) => Some(k),
@@ -467,30 +377,17 @@ fn check_service(s: RawService, errs: &mut Errors) -> Option<ServiceConfig> {
         None => None,
     };
     if balancer == BalancerKind::ConsistentHash && s.hash_key.is_none() {
-        let span = s
-            .balancer
-            .as_ref()
-            .map(|b| b.span())
-            .unwrap_or(s.name.span());
+        let span = s.balancer.as_ref().map(|b| b.span()).unwrap_or(s.name.span());
         errs.at(span, "balancer \"consistent_hash\" needs hash_key (header:NAME, cookie:NAME, client_ip or path)");
     }
     let health_check = s.health_check.as_ref().map(|h| {
         let h = h.get_ref();
-        let path = h
-            .path
-            .as_ref()
-            .map(|p| p.get_ref().clone())
-            .unwrap_or_else(|| DEFAULT_HC_PATH.to_string());
+        let path = h.path.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| DEFAULT_HC_PATH.to_string());
         if let Some(p) = &h.path {
-            if !p.get_ref().starts_with('/')
-                || p.get_ref().parse::<http::uri::PathAndQuery>().is_err()
-            {
+            if !p.get_ref().starts_with('/') || p.get_ref().parse::<http::uri::PathAndQuery>().is_err() {
                 errs.at(
                     p.span(),
-                    format!(
-                        "health_check.path \"{}\" must be an absolute path like \"/health\"",
-                        p.get_ref()
-                    ),
+                    format!("health_check.path \"{}\" must be an absolute path like \"/health\"", p.get_ref()),
                 );
             }
         }
@@ -503,19 +400,9 @@ fn check_service(s: RawService, errs: &mut Errors) -> Option<ServiceConfig> {
         };
         HealthCheckConfig {
             path,
-            interval: dur_or(
-                &h.interval,
-                "health_check.interval",
-                DEFAULT_HC_INTERVAL,
-                errs,
-            ),
+            interval: dur_or(&h.interval, "health_check.interval", DEFAULT_HC_INTERVAL, errs),
             timeout: dur_or(&h.timeout, "health_check.timeout", DEFAULT_HC_TIMEOUT, errs),
-            healthy_threshold: pos_or(
-                &h.healthy_threshold,
-                "healthy_threshold",
-                DEFAULT_HC_HEALTHY_THRESHOLD,
-                errs,
-            ),
+            healthy_threshold: pos_or(&h.healthy_threshold, "healthy_threshold", DEFAULT_HC_HEALTHY_THRESHOLD, errs),
             unhealthy_threshold: pos_or(
                 &h.unhealthy_threshold,
                 "unhealthy_threshold",
@@ -527,34 +414,17 @@ fn check_service(s: RawService, errs: &mut Errors) -> Option<ServiceConfig> {
     });
     let outlier_detection = s.outlier_detection.as_ref().map(|o| {
         let o = o.get_ref();
-        let pct = o
-            .max_ejection_percent
-            .as_ref()
-            .map(|p| *p.get_ref())
-            .unwrap_or(DEFAULT_OD_MAX_EJECTION_PERCENT);
+        let pct = o.max_ejection_percent.as_ref().map(|p| *p.get_ref()).unwrap_or(DEFAULT_OD_MAX_EJECTION_PERCENT);
         if let Some(p) = &o.max_ejection_percent {
             if *p.get_ref() > 100 {
                 errs.at(p.span(), "max_ejection_percent must be between 0 and 100");
             }
         }
-        let base = dur_or(
-            &o.base_ejection_time,
-            "base_ejection_time",
-            DEFAULT_OD_BASE_EJECTION_TIME,
-            errs,
-        );
-        let max = dur_or(
-            &o.max_ejection_time,
-            "max_ejection_time",
-            DEFAULT_OD_MAX_EJECTION_TIME.max(base),
-            errs,
-        );
+        let base = dur_or(&o.base_ejection_time, "base_ejection_time", DEFAULT_OD_BASE_EJECTION_TIME, errs);
+        let max = dur_or(&o.max_ejection_time, "max_ejection_time", DEFAULT_OD_MAX_EJECTION_TIME.max(base), errs);
         if max < base {
             if let Some(m) = &o.max_ejection_time {
-                errs.at(
-                    m.span(),
-                    "max_ejection_time must not be shorter than base_ejection_time",
-                );
+                errs.at(m.span(), "max_ejection_time must not be shorter than base_ejection_time");
             }
         }
         OutlierConfig {
@@ -572,18 +442,8 @@ fn check_service(s: RawService, errs: &mut Errors) -> Option<ServiceConfig> {
     let circuit_breaker = s.circuit_breaker.as_ref().map(|c| {
         let c = c.get_ref();
         BreakerConfig {
-            failure_threshold: pos_or(
-                &c.failure_threshold,
-                "failure_threshold",
-                DEFAULT_CB_FAILURE_THRESHOLD,
-                errs,
-            ),
-            open_duration: dur_or(
-                &c.open_duration,
-                "open_duration",
-                DEFAULT_CB_OPEN_DURATION,
-                errs,
-            ),
+            failure_threshold: pos_or(&c.failure_threshold, "failure_threshold", DEFAULT_CB_FAILURE_THRESHOLD, errs),
+            open_duration: dur_or(&c.open_duration, "open_duration", DEFAULT_CB_OPEN_DURATION, errs),
             half_open_max_requests: pos_or(
                 &c.half_open_max_requests,
                 "half_open_max_requests",
@@ -643,18 +503,8 @@ fn check_service(s: RawService, errs: &mut Errors) -> Option<ServiceConfig> {
         endpoints,
         balancer,
         hash_key,
-        connect_timeout: dur_or(
-            &s.connect_timeout,
-            "connect_timeout",
-            DEFAULT_CONNECT_TIMEOUT,
-            errs,
-        ),
-        request_timeout: dur_or(
-            &s.request_timeout,
-            "request_timeout",
-            DEFAULT_REQUEST_TIMEOUT,
-            errs,
-        ),
+        connect_timeout: dur_or(&s.connect_timeout, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, errs),
+        request_timeout: dur_or(&s.request_timeout, "request_timeout", DEFAULT_REQUEST_TIMEOUT, errs),
         max_concurrent_requests: pos_or(
             &s.max_concurrent_requests,
             "max_concurrent_requests",
@@ -675,9 +525,7 @@ pub(crate) fn parse_hash_key(s: &str) -> Result<HashKey, String> {
         "path" => Ok(HashKey::Path),
         _ => {
             if let Some(h) = s.strip_prefix("header:") {
-                http::HeaderName::from_bytes(h.trim().as_bytes())
-                    .map(HashKey::Header)
-                    .map_err(|_| bad())
+                http::HeaderName::from_bytes(h.trim().as_bytes()).map(HashKey::Header).map_err(|_| bad())
             } else if let Some(c) = s.strip_prefix("cookie:") {
                 let c = c.trim();
                 if c.is_empty() || c.contains([';', '=', ' ']) {
@@ -711,23 +559,14 @@ fn check_route(r: RawRoute, errs: &mut Errors) -> Option<RouteConfig> {
     let raw_prefix = r.path_prefix.get_ref();
     let mut ok = true;
     if !raw_prefix.starts_with('/') || raw_prefix.contains(['?', '#', ' ']) {
-        errs.at(
-            r.path_prefix.span(),
-            format!("path_prefix \"{raw_prefix}\" must be a path starting with /"),
-        );
+        errs.at(r.path_prefix.span(), format!("path_prefix \"{raw_prefix}\" must be a path starting with /"));
         ok = false;
     }
     let path_prefix = normalize_prefix(raw_prefix);
     let host = r.host.as_ref().map(|h| {
         let v = h.get_ref().trim().to_ascii_lowercase();
         if v.is_empty() || v.contains(['/', ' ']) || v.contains(':') {
-            errs.at(
-                h.span(),
-                format!(
-                    "host \"{}\" must be a host name without port or path",
-                    h.get_ref()
-                ),
-            );
+            errs.at(h.span(), format!("host \"{}\" must be a host name without port or path", h.get_ref()));
             ok = false;
         }
         v
@@ -743,27 +582,18 @@ fn check_route(r: RawRoute, errs: &mut Errors) -> Option<RouteConfig> {
                     }
                 }
                 _ => {
-                    errs.at(
-                        m.span(),
-                        format!("\"{}\" is not an HTTP method", m.get_ref()),
-                    );
+                    errs.at(m.span(), format!("\"{}\" is not an HTTP method", m.get_ref()));
                     ok = false;
                 }
             }
         }
         if ms.is_empty() {
-            errs.at(
-                r.path_prefix.span(),
-                "methods must not be empty (leave it out to allow every method)",
-            );
+            errs.at(r.path_prefix.span(), "methods must not be empty (leave it out to allow every method)");
             ok = false;
         }
         out
     });
-    let request_timeout = r
-        .request_timeout
-        .as_ref()
-        .map(|d| nonzero_duration(d, "request_timeout", errs));
+    let request_timeout = r.request_timeout.as_ref().map(|d| nonzero_duration(d, "request_timeout", errs));
     ok.then(|| RouteConfig {
         path_prefix,
         service: r.service.into_inner(),
@@ -807,10 +637,7 @@ service = "users"
     }
 
     fn line_of(text: &str, needle: &str) -> usize {
-        text.lines()
-            .position(|l| l.contains(needle))
-            .expect("needle")
-            + 1
+        text.lines().position(|l| l.contains(needle)).expect("needle") + 1
     }
 
     #[test]
@@ -820,13 +647,7 @@ service = "users"
         assert_eq!(c.registry.heartbeat_ttl, DEFAULT_HEARTBEAT_TTL);
         let s = &c.services[0];
         assert_eq!(s.balancer, BalancerKind::RoundRobin);
-        assert_eq!(
-            s.endpoints[1],
-            StaticEndpoint {
-                address: "127.0.0.1:3011".into(),
-                weight: 3
-            }
-        );
+        assert_eq!(s.endpoints[1], StaticEndpoint { address: "127.0.0.1:3011".into(), weight: 3 });
         assert_eq!(s.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert!(s.health_check.is_none() && s.retry.is_none());
         assert_eq!(c.routes[0].path_prefix, "/api/users");
@@ -885,8 +706,7 @@ service = "users"
 
     #[test]
     fn duplicate_routes_and_services_are_refused() {
-        let text =
-            format!("{MIN}\n[[routes]]\npath_prefix = \"/api/users\"\nservice = \"users\"\n");
+        let text = format!("{MIN}\n[[routes]]\npath_prefix = \"/api/users\"\nservice = \"users\"\n");
         let e = errs(&text);
         assert!(e[0].message.contains("duplicates"), "{e:?}");
         let text = format!("{MIN}\n[[services]]\nname = \"users\"\n");
@@ -895,30 +715,18 @@ service = "users"
 
     #[test]
     fn route_with_methods_does_not_clash_with_catch_all() {
-        let text = format!(
-            "{MIN}\n[[routes]]\npath_prefix = \"/api/users\"\nservice = \"users\"\nmethods = [\"get\"]\n"
-        );
+        let text =
+            format!("{MIN}\n[[routes]]\npath_prefix = \"/api/users\"\nservice = \"users\"\nmethods = [\"get\"]\n");
         let c = Config::parse(&text, "t.toml").unwrap();
-        assert_eq!(
-            c.routes[1].methods.as_deref(),
-            Some(&[http::Method::GET][..])
-        );
+        assert_eq!(c.routes[1].methods.as_deref(), Some(&[http::Method::GET][..]));
     }
 
     #[test]
     fn bad_values_are_refused() {
         for (from, to, needle) in [
-            (
-                "listen = \"127.0.0.1:8080\"",
-                "listen = \"nowhere\"",
-                "listen",
-            ),
+            ("listen = \"127.0.0.1:8080\"", "listen = \"nowhere\"", "listen"),
             ("127.0.0.1:3001\"", "127.0.0.1\"", "127.0.0.1\""),
-            (
-                "path_prefix = \"/api/users/\"",
-                "path_prefix = \"api\"",
-                "path_prefix",
-            ),
+            ("path_prefix = \"/api/users/\"", "path_prefix = \"api\"", "path_prefix"),
         ] {
             let text = MIN.replace(from, to);
             let e = errs(&text);
@@ -932,36 +740,18 @@ service = "users"
     fn consistent_hash_needs_a_key() {
         let text = MIN.replace("endpoints", "balancer = \"consistent_hash\"\nendpoints");
         assert!(errs(&text)[0].message.contains("hash_key"));
-        let text = MIN.replace(
-            "endpoints",
-            "balancer = \"consistent_hash\"\nhash_key = \"header:x-user-id\"\nendpoints",
-        );
+        let text =
+            MIN.replace("endpoints", "balancer = \"consistent_hash\"\nhash_key = \"header:x-user-id\"\nendpoints");
         let c = Config::parse(&text, "t.toml").unwrap();
-        assert_eq!(
-            c.services[0].hash_key,
-            Some(HashKey::Header(http::HeaderName::from_static("x-user-id")))
-        );
+        assert_eq!(c.services[0].hash_key, Some(HashKey::Header(http::HeaderName::from_static("x-user-id"))));
     }
 
     #[test]
     fn host_port_validation() {
-        for ok in [
-            "127.0.0.1:80",
-            "users:3001",
-            "[::1]:8080",
-            "a.b-c.example:65535",
-        ] {
+        for ok in ["127.0.0.1:80", "users:3001", "[::1]:8080", "a.b-c.example:65535"] {
             assert!(valid_host_port(ok), "{ok}");
         }
-        for bad in [
-            "127.0.0.1",
-            ":80",
-            "host:0",
-            "host:99999",
-            "a b:80",
-            "http://x:80",
-            "",
-        ] {
+        for bad in ["127.0.0.1", ":80", "host:0", "host:99999", "a b:80", "http://x:80", ""] {
             assert!(!valid_host_port(bad), "{bad}");
         }
     }

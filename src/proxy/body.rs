@@ -30,10 +30,7 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpstreamBody::Stream(b) => Pin::new(b).poll_frame(cx),
             UpstreamBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
@@ -67,10 +64,7 @@ pub struct ResponseBody {
 
 impl std::fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseBody")
-            .field("inner", &self.inner)
-            .field("bytes", &self.bytes)
-            .finish()
+        f.debug_struct("ResponseBody").field("inner", &self.inner).field("bytes", &self.bytes).finish()
     }
 }
 
@@ -88,12 +82,7 @@ impl ResponseBody {
     }
 
     fn new(inner: UpstreamBody) -> Self {
-        ResponseBody {
-            inner,
-            done: None,
-            bytes: 0,
-            failed: false,
-        }
+        ResponseBody { inner, done: None, bytes: 0, failed: false }
     }
 
     /// Finishes `exchange` (counters, access log) when the body ends or is dropped.
@@ -113,10 +102,7 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let out = Pin::new(&mut this.inner).poll_frame(cx);
         match &out {

@@ -45,15 +45,7 @@ impl Exchange {
                 body_error: false,
             })
         });
-        Exchange {
-            start,
-            route: None,
-            service: None,
-            endpoint: None,
-            status: 0,
-            bytes_out: 0,
-            log,
-        }
+        Exchange { start, route: None, service: None, endpoint: None, status: 0, bytes_out: 0, log }
     }
 
     pub fn set_route(&mut self, route: Arc<RouteEntry>) {
@@ -107,11 +99,8 @@ impl Drop for Exchange {
         }
         if let Some(l) = self.log.take() {
             let route = self.route.as_ref().map(|r| r.label.as_ref()).unwrap_or("");
-            let service = self
-                .service
-                .as_ref()
-                .map(|s| s.name.as_ref())
-                .or(self.route.as_ref().map(|r| r.service.name.as_ref()));
+            let service =
+                self.service.as_ref().map(|s| s.name.as_ref()).or(self.route.as_ref().map(|r| r.service.name.as_ref()));
             tracing::info!(
                 target: "waygate::access",
                 method = %l.method,

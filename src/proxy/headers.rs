@@ -22,14 +22,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Hop-by-hop headers of RFC 9110 §7.6.1 (plus the legacy `Keep-Alive` and
 /// `Proxy-Connection`). `Upgrade` is handled by the caller for upgrades.
 fn fixed_hop_by_hop() -> [&'static HeaderName; 6] {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-    ]
+    [&header::CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRAILER, &header::TRANSFER_ENCODING]
 }
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
@@ -90,19 +83,12 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 /// Appends the client address to `X-Forwarded-For`, sets `X-Forwarded-Proto`
 /// and `X-Forwarded-Host` (the host the client asked for).
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    tls: bool,
-    host: Option<&HeaderValue>,
-) {
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>) {
     let mut buf = [0u8; 512];
     let mut cur = std::io::Cursor::new(&mut buf[..]);
     let existing = headers.get(&X_FORWARDED_FOR).filter(|v| v.len() < 400);
     let ok = match existing {
-        Some(prev) => cur
-            .write_all(prev.as_bytes())
-            .and_then(|_| write!(cur, ", {client}")),
+        Some(prev) => cur.write_all(prev.as_bytes()).and_then(|_| write!(cur, ", {client}")),
         None => write!(cur, "{client}"),
     };
     if ok.is_ok() {
@@ -111,10 +97,7 @@ pub fn set_forwarded(
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if tls { "https" } else { "http" }));
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
@@ -126,10 +109,7 @@ pub fn set_forwarded(
 pub fn propagate_traceparent(headers: &mut HeaderMap) -> [u8; 32] {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let mut trace_id = [0u8; 32];
-    match headers
-        .get(&TRACEPARENT)
-        .and_then(|v| parse_traceparent(v.as_bytes()))
-    {
+    match headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())) {
         Some((tid, flags)) => {
             trace_id.copy_from_slice(tid);
             out[53..55].copy_from_slice(flags);
@@ -142,10 +122,7 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) -> [u8; 32] {
     }
     out[3..35].copy_from_slice(&trace_id);
     hex_into(&mut out[36..52], fast_random() | 1);
-    headers.insert(
-        TRACEPARENT.clone(),
-        HeaderValue::from_bytes(&out).expect("ascii"),
-    );
+    headers.insert(TRACEPARENT.clone(), HeaderValue::from_bytes(&out).expect("ascii"));
     trace_id
 }
 
@@ -155,10 +132,7 @@ fn parse_traceparent(v: &[u8]) -> Option<(&[u8], &[u8])> {
     if v.len() < 55 || (v.len() > 55 && v[0..2] == *b"00") {
         return None;
     }
-    let lower_hex = |s: &[u8]| {
-        s.iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-    };
+    let lower_hex = |s: &[u8]| s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
     let (ver, tid, pid, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
     if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' || ver == b"ff" {
         return None;
@@ -202,10 +176,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -274,11 +245,7 @@ mod tests {
 
     #[test]
     fn traceparent_started_when_missing_or_invalid() {
-        for bad in [
-            None,
-            Some("garbage"),
-            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-        ] {
+        for bad in [None, Some("garbage"), Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01")] {
             let mut h = HeaderMap::new();
             if let Some(b) = bad {
                 h.insert(TRACEPARENT.clone(), HeaderValue::from_static(b));

@@ -30,7 +30,8 @@ use hyper_util::rt::TokioIo;
 use crate::balancer::PickContext;
 use crate::config::{Config, RouteConfig};
 use crate::error::GatewayError;
-use crate::registry::Endpoint;
+use crate::registry::lease::LeaseTable;
+use crate::registry::{Endpoint, Registry};
 use crate::service::Service;
 pub use body::{ResponseBody, UpstreamBody};
 use exchange::Exchange;
@@ -62,18 +63,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds the snapshot for `config`, reusing the runtime (endpoints,
-    /// balancer state, pool) of services in `previous` whose config is equal.
-    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Snapshot {
+    /// balancer state, pool) of services in `previous` whose config is equal;
+    /// new services start with the instances registered under their name.
+    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>, registry: &LeaseTable) -> Snapshot {
         let mut services = HashMap::with_capacity(config.services.len());
         for svc in &config.services {
-            let reused = previous
-                .and_then(|p| p.services.get(&svc.name))
-                .filter(|old| old.config == *svc)
-                .cloned();
-            services.insert(
-                svc.name.clone(),
-                reused.unwrap_or_else(|| Service::new(svc.clone())),
-            );
+            let reused = previous.and_then(|p| p.services.get(&svc.name)).filter(|old| old.config == *svc).cloned();
+            let service = reused.unwrap_or_else(|| Service::new(svc.clone(), registry.endpoints_of(&svc.name)));
+            services.insert(svc.name.clone(), service);
         }
         let mut router = Router::new();
         for r in &config.routes {
@@ -84,46 +81,54 @@ impl Snapshot {
                 Some(h) => format!("{h}{}", r.path_prefix).into(),
                 None => r.path_prefix.as_str().into(),
             };
-            let entry = Arc::new(RouteEntry {
-                config: r.clone(),
-                label,
-                service: service.clone(),
-            });
-            router.insert(
-                r.host.as_deref(),
-                &r.path_prefix,
-                r.methods.as_deref(),
-                entry,
-            );
+            let entry = Arc::new(RouteEntry { config: r.clone(), label, service: service.clone() });
+            router.insert(r.host.as_deref(), &r.path_prefix, r.methods.as_deref(), entry);
         }
-        Snapshot {
-            router,
-            services,
-            config,
-        }
+        Snapshot { router, services, config }
     }
 }
 
-/// The proxy: owns the current snapshot.
+/// The proxy: owns the current snapshot and the registry feeding it.
 #[derive(Debug)]
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
+    registry: Arc<Registry>,
 }
 
 impl Proxy {
-    pub fn new(snapshot: Snapshot) -> Self {
-        Proxy {
-            snapshot: ArcSwap::from_pointee(snapshot),
-        }
+    /// A proxy serving `config`, with registered instances published into its
+    /// services from now on.
+    pub fn new(config: Arc<Config>, registry: Arc<Registry>) -> Arc<Proxy> {
+        let snapshot = registry.with_table(|t| Snapshot::build(config, None, t));
+        let proxy = Arc::new(Proxy { snapshot: ArcSwap::from_pointee(snapshot), registry });
+        let weak = Arc::downgrade(&proxy);
+        proxy.registry.set_publisher(Box::new(move |service, endpoints| {
+            if let Some(p) = weak.upgrade() {
+                if let Some(svc) = p.snapshot.load().services.get(service) {
+                    svc.set_registered(endpoints);
+                }
+            }
+        }));
+        proxy
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
 
-    /// Swaps in a new snapshot; requests in flight finish on the old one.
-    pub fn swap(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Swaps in a new config; requests in flight finish on the old one. The
+    /// registry is held while the new services are built and swapped in, so
+    /// no registration falls between them.
+    pub fn install(&self, config: Arc<Config>) {
+        self.registry.set_ttl(config.registry.heartbeat_ttl);
+        self.registry.with_table(|t| {
+            let old = self.snapshot.load_full();
+            self.snapshot.store(Arc::new(Snapshot::build(config, Some(&old), t)));
+        });
     }
 
     /// Serves one client request.
@@ -134,10 +139,7 @@ impl Proxy {
         let mut ex = Exchange::new(start, &parts.method, parts.uri.path(), &request_id);
 
         let Some((route, prefix_end)) = self.route(&parts) else {
-            let err = GatewayError::NoRoute {
-                method: parts.method.clone(),
-                path: parts.uri.path().to_string(),
-            };
+            let err = GatewayError::NoRoute { method: parts.method.clone(), path: parts.uri.path().to_string() };
             return error_response(&err, &request_id, ex);
         };
         ex.set_route(route.clone());
@@ -153,9 +155,7 @@ impl Proxy {
 
         let hash = service.request_hash(&parts, conn.remote.ip());
         let Some(endpoint) = service.pick(&PickContext { hash, avoid: &[] }) else {
-            let err = GatewayError::NoHealthyUpstream {
-                service: service.name.to_string(),
-            };
+            let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
             return error_response(&err, &request_id, ex);
         };
 
@@ -168,14 +168,9 @@ impl Proxy {
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are set");
         ex.use_endpoint(endpoint.clone());
 
-        let timeout = route
-            .config
-            .request_timeout
-            .unwrap_or(service.config.request_timeout);
+        let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
         if upgrade {
-            return self
-                .tunnel(parts, body, &route, timeout, request_id, ex)
-                .await;
+            return self.tunnel(parts, body, &route, timeout, request_id, ex).await;
         }
         let upstream_req = Request::from_parts(parts, UpstreamBody::Stream(body));
         match tokio::time::timeout(timeout, service.client.request(upstream_req)).await {
@@ -191,12 +186,7 @@ impl Proxy {
 
     fn route(&self, parts: &http::request::Parts) -> Option<(Arc<RouteEntry>, usize)> {
         let snap = self.snapshot.load();
-        let host = parts.uri.host().or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
+        let host = parts.uri.host().or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()));
         let m = snap.router.find(host, parts.uri.path(), &parts.method)?;
         Some((m.value.clone(), m.prefix_end))
     }
@@ -219,28 +209,18 @@ impl Proxy {
             let req = Request::from_parts(parts, UpstreamBody::Stream(body));
             return match tokio::time::timeout(timeout, service.client.request(req)).await {
                 Ok(Ok(resp)) => upstream_response(resp, &request_id, ex),
-                Ok(Err(e)) => {
-                    error_response(&connect_error(service, &endpoint, e), &request_id, ex)
-                }
-                Err(_) => {
-                    error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex)
-                }
+                Ok(Err(e)) => error_response(&connect_error(service, &endpoint, e), &request_id, ex),
+                Err(_) => error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex),
             };
         };
         let req = Request::from_parts(parts, UpstreamBody::Stream(body));
-        let sent = tokio::time::timeout(
-            timeout,
-            client::send_upgrade(&endpoint.address, service.config.connect_timeout, req),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(timeout, client::send_upgrade(&endpoint.address, service.config.connect_timeout, req))
+                .await;
         let mut resp = match sent {
             Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                return error_response(&connect_error(service, &endpoint, e), &request_id, ex)
-            }
-            Err(_) => {
-                return error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex)
-            }
+            Ok(Err(e)) => return error_response(&connect_error(service, &endpoint, e), &request_id, ex),
+            Err(_) => return error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex),
         };
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             return upstream_response(resp, &request_id, ex);
@@ -248,8 +228,7 @@ impl Proxy {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut head, _) = resp.into_parts();
         headers::remove_hop_by_hop(&mut head.headers, true);
-        head.headers
-            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        head.headers.insert(headers::X_REQUEST_ID.clone(), request_id);
         ex.set_status(101);
         // The exchange (and the endpoint's in-flight count) lasts as long as the tunnel.
         tokio::spawn(async move {
@@ -287,11 +266,7 @@ fn connect_error(
 }
 
 fn timeout_error(service: &Service, endpoint: &Endpoint, timeout: Duration) -> GatewayError {
-    GatewayError::UpstreamTimeout {
-        service: service.name.to_string(),
-        endpoint: endpoint.address.to_string(),
-        timeout,
-    }
+    GatewayError::UpstreamTimeout { service: service.name.to_string(), endpoint: endpoint.address.to_string(), timeout }
 }
 
 /// Rewrites the inbound request head for the upstream hop.
@@ -305,18 +280,10 @@ fn rewrite_request(
     // The host the client asked for: Host (HTTP/1) or :authority (HTTP/2).
     let host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-    headers::set_forwarded(
-        &mut parts.headers,
-        conn.remote.ip(),
-        conn.tls,
-        host.as_ref(),
-    );
+    headers::set_forwarded(&mut parts.headers, conn.remote.ip(), conn.tls, host.as_ref());
     if let Some(h) = host {
         // Host is kept as the client sent it (HTTP/2 requests carry it in :authority).
         parts.headers.entry(header::HOST).or_insert(h);
@@ -339,30 +306,18 @@ fn rewrite_request(
 
 /// The upstream's response on its way back: hop-by-hop headers out, request
 /// id in, body streamed with the exchange attached.
-fn upstream_response(
-    resp: Response<Incoming>,
-    request_id: &HeaderValue,
-    mut ex: Exchange,
-) -> Response<ResponseBody> {
+fn upstream_response(resp: Response<Incoming>, request_id: &HeaderValue, mut ex: Exchange) -> Response<ResponseBody> {
     let (mut head, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut head.headers, false);
-    head.headers
-        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    head.headers.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     ex.set_status(head.status.as_u16());
     Response::from_parts(head, ResponseBody::stream(body).with_exchange(ex))
 }
 
 /// A gateway-made error answer (SPEC §3).
-pub fn error_response(
-    err: &GatewayError,
-    request_id: &HeaderValue,
-    mut ex: Exchange,
-) -> Response<ResponseBody> {
-    let (mut head, body) = err
-        .to_response(request_id.to_str().unwrap_or(""))
-        .into_parts();
-    head.headers
-        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+pub fn error_response(err: &GatewayError, request_id: &HeaderValue, mut ex: Exchange) -> Response<ResponseBody> {
+    let (mut head, body) = err.to_response(request_id.to_str().unwrap_or("")).into_parts();
+    head.headers.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     ex.set_status(head.status.as_u16());
     Response::from_parts(head, ResponseBody::full(body).with_exchange(ex))
 }

@@ -46,20 +46,13 @@ pub struct Match<'a, T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node {
-            children: Map::default(),
-            entries: Vec::new(),
-        }
+        Node { children: Map::default(), entries: Vec::new() }
     }
 }
 
 impl<T> Default for Router<T> {
     fn default() -> Self {
-        Router {
-            by_host: Map::default(),
-            any_host: Node::default(),
-            len: 0,
-        }
+        Router { by_host: Map::default(), any_host: Node::default(), len: 0 }
     }
 }
 
@@ -79,33 +72,18 @@ impl<T> Router<T> {
     /// Adds a route. `prefix` starts with `/`; `host` is lower case without a
     /// port. Identical routes are refused by config validation; here a later
     /// one with the same key simply sits behind the earlier one.
-    pub fn insert(
-        &mut self,
-        host: Option<&str>,
-        prefix: &str,
-        methods: Option<&[Method]>,
-        value: T,
-    ) {
+    pub fn insert(&mut self, host: Option<&str>, prefix: &str, methods: Option<&[Method]>, value: T) {
         let mut node = match host {
-            Some(h) => self
-                .by_host
-                .entry(h.to_ascii_lowercase().into_boxed_str())
-                .or_default(),
+            Some(h) => self.by_host.entry(h.to_ascii_lowercase().into_boxed_str()).or_default(),
             None => &mut self.any_host,
         };
         for seg in prefix.split('/').filter(|s| !s.is_empty()) {
             node = node.children.entry(seg.into()).or_default();
         }
-        let entry = Entry {
-            methods: methods.map(|m| m.to_vec().into_boxed_slice()),
-            value,
-        };
+        let entry = Entry { methods: methods.map(|m| m.to_vec().into_boxed_slice()), value };
         // Keep routes with a method filter ahead of the catch-all at this prefix.
         let pos = if entry.methods.is_some() {
-            node.entries
-                .iter()
-                .position(|e| e.methods.is_none())
-                .unwrap_or(node.entries.len())
+            node.entries.iter().position(|e| e.methods.is_none()).unwrap_or(node.entries.len())
         } else {
             node.entries.len()
         };
@@ -114,12 +92,7 @@ impl<T> Router<T> {
     }
 
     /// Finds the route for a request. `host` may carry a port and any case.
-    pub fn find<'a>(
-        &'a self,
-        host: Option<&str>,
-        path: &str,
-        method: &Method,
-    ) -> Option<Match<'a, T>> {
+    pub fn find<'a>(&'a self, host: Option<&str>, path: &str, method: &Method) -> Option<Match<'a, T>> {
         if !self.by_host.is_empty() {
             if let Some(node) = host.and_then(|h| with_lowercase_host(h, |h| self.by_host.get(h))) {
                 if let Some(m) = node.find(path, method) {
@@ -133,37 +106,25 @@ impl<T> Router<T> {
 
 impl<T> Node<T> {
     fn pick(&self, method: &Method) -> Option<&T> {
-        self.entries
-            .iter()
-            .find(|e| e.methods.as_ref().is_none_or(|ms| ms.contains(method)))
-            .map(|e| &e.value)
+        self.entries.iter().find(|e| e.methods.as_ref().is_none_or(|ms| ms.contains(method))).map(|e| &e.value)
     }
 
     fn find<'a>(&'a self, path: &str, method: &Method) -> Option<Match<'a, T>> {
-        let mut best = self.pick(method).map(|value| Match {
-            value,
-            prefix_end: 0,
-        });
+        let mut best = self.pick(method).map(|value| Match { value, prefix_end: 0 });
         let mut node = self;
         let bytes = path.as_bytes();
         let mut pos = 0;
         // Walk "/seg/seg/..." one segment at a time; deeper matches win.
         while pos < bytes.len() && bytes[pos] == b'/' {
             let start = pos + 1;
-            let end = bytes[start..]
-                .iter()
-                .position(|b| *b == b'/')
-                .map_or(bytes.len(), |i| start + i);
+            let end = bytes[start..].iter().position(|b| *b == b'/').map_or(bytes.len(), |i| start + i);
             let Some(child) = node.children.get(&path[start..end]) else {
                 break;
             };
             node = child;
             pos = end;
             if let Some(value) = node.pick(method) {
-                best = Some(Match {
-                    value,
-                    prefix_end: pos,
-                });
+                best = Some(Match { value, prefix_end: pos });
             }
         }
         best
@@ -214,30 +175,16 @@ mod tests {
         r
     }
 
-    fn find(
-        r: &Router<&'static str>,
-        host: Option<&str>,
-        path: &str,
-        m: Method,
-    ) -> Option<(&'static str, usize)> {
+    fn find(r: &Router<&'static str>, host: Option<&str>, path: &str, m: Method) -> Option<(&'static str, usize)> {
         r.find(host, path, &m).map(|m| (*m.value, m.prefix_end))
     }
 
     #[test]
     fn longest_segment_prefix_wins() {
         let r = table();
-        assert_eq!(
-            find(&r, None, "/api/users/42", Method::GET),
-            Some(("users", 10))
-        );
-        assert_eq!(
-            find(&r, None, "/api/users", Method::GET),
-            Some(("users", 10))
-        );
-        assert_eq!(
-            find(&r, None, "/api/usersX/1", Method::GET),
-            Some(("api", 4))
-        );
+        assert_eq!(find(&r, None, "/api/users/42", Method::GET), Some(("users", 10)));
+        assert_eq!(find(&r, None, "/api/users", Method::GET), Some(("users", 10)));
+        assert_eq!(find(&r, None, "/api/usersX/1", Method::GET), Some(("api", 4)));
         assert_eq!(find(&r, None, "/api/", Method::GET), Some(("api", 4)));
         assert_eq!(find(&r, None, "/apix", Method::GET), Some(("root", 0)));
         assert_eq!(find(&r, None, "/", Method::GET), Some(("root", 0)));
@@ -255,52 +202,20 @@ mod tests {
     #[test]
     fn exact_host_beats_no_host_and_ignores_case_and_port() {
         let r = table();
-        assert_eq!(
-            find(&r, Some("api.example.com"), "/hosted/x", Method::GET)
-                .unwrap()
-                .0,
-            "host"
-        );
-        assert_eq!(
-            find(&r, Some("API.Example.COM:8443"), "/hosted/x", Method::GET)
-                .unwrap()
-                .0,
-            "host"
-        );
-        assert_eq!(
-            find(&r, Some("other.example.com"), "/hosted/x", Method::GET)
-                .unwrap()
-                .0,
-            "nohost"
-        );
+        assert_eq!(find(&r, Some("api.example.com"), "/hosted/x", Method::GET).unwrap().0, "host");
+        assert_eq!(find(&r, Some("API.Example.COM:8443"), "/hosted/x", Method::GET).unwrap().0, "host");
+        assert_eq!(find(&r, Some("other.example.com"), "/hosted/x", Method::GET).unwrap().0, "nohost");
         // a host with routes still falls back to host-less routes for other paths
-        assert_eq!(
-            find(&r, Some("api.example.com"), "/api/users", Method::GET)
-                .unwrap()
-                .0,
-            "users"
-        );
+        assert_eq!(find(&r, Some("api.example.com"), "/api/users", Method::GET).unwrap().0, "users");
     }
 
     #[test]
     fn methods_filter() {
         let r = table();
-        assert_eq!(
-            find(&r, None, "/getonly/x", Method::GET).unwrap().0,
-            "getonly"
-        );
-        assert_eq!(
-            find(&r, None, "/getonly/x", Method::POST).unwrap().0,
-            "root"
-        );
-        assert_eq!(
-            find(&r, None, "/mixed", Method::POST).unwrap().0,
-            "mixed-post"
-        );
-        assert_eq!(
-            find(&r, None, "/mixed", Method::GET).unwrap().0,
-            "mixed-any"
-        );
+        assert_eq!(find(&r, None, "/getonly/x", Method::GET).unwrap().0, "getonly");
+        assert_eq!(find(&r, None, "/getonly/x", Method::POST).unwrap().0, "root");
+        assert_eq!(find(&r, None, "/mixed", Method::POST).unwrap().0, "mixed-post");
+        assert_eq!(find(&r, None, "/mixed", Method::GET).unwrap().0, "mixed-any");
     }
 
     #[test]

@@ -43,12 +43,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// `address` must be a valid `host:port` (config and registry validate it).
-    pub fn new(
-        id: &str,
-        address: &str,
-        weight: u32,
-        source: Source,
-    ) -> Result<Self, http::uri::InvalidUri> {
+    pub fn new(id: &str, address: &str, weight: u32, source: Source) -> Result<Self, http::uri::InvalidUri> {
         Ok(Endpoint {
             id: id.into(),
             address: address.into(),
@@ -130,11 +125,14 @@ impl Default for EndpointStats {
 }
 
 impl EndpointStats {
+    /// Records a transition (off the request path).
+    pub fn set_transition(&self, state: EndpointState, reason: String) {
+        *self.transition.lock().unwrap_or_else(|e| e.into_inner()) =
+            Transition { state, reason, at: SystemTime::now() };
+    }
+
     pub fn transition(&self) -> Transition {
-        self.transition
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.transition.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn active(&self) -> usize {
@@ -157,9 +155,162 @@ impl EndpointSet {
     /// A set in which every endpoint is available.
     pub fn all_available(endpoints: Vec<Arc<Endpoint>>) -> Self {
         let available = (0..endpoints.len()).collect();
-        EndpointSet {
-            endpoints,
-            available,
+        EndpointSet { endpoints, available }
+    }
+}
+
+pub mod lease;
+pub mod persist;
+
+use std::time::Duration;
+
+use lease::{LeaseTable, Registration, Upsert};
+use tokio::sync::Notify;
+
+/// Called with a service's registered endpoints whenever they change, while
+/// the registry lock is held, so publications are never reordered.
+pub type Publisher = Box<dyn Fn(&str, Vec<Arc<Endpoint>>) + Send + Sync>;
+
+/// The heartbeat registry: the lease table behind a mutex that only
+/// registration, the TTL sweep, the admin API and config reloads take. The
+/// request path never touches it: it reads the per-service endpoint snapshots
+/// this publishes.
+pub struct Registry {
+    table: Mutex<LeaseTable>,
+    publisher: std::sync::OnceLock<Publisher>,
+    /// Woken on every change (for the snapshot writer).
+    pub changed: Notify,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub fn new(ttl: Duration) -> Self {
+        Registry { table: Mutex::new(LeaseTable::new(ttl)), publisher: Default::default(), changed: Notify::new() }
+    }
+
+    /// Installs the publisher (once, at start-up).
+    pub fn set_publisher(&self, p: Publisher) {
+        let _ = self.publisher.set(p);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with the table locked: readers (admin API) and config reloads,
+    /// which must build new services from a registry that cannot change under them.
+    pub fn with_table<R>(&self, f: impl FnOnce(&LeaseTable) -> R) -> R {
+        f(&self.lock())
+    }
+
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.lock().set_ttl(ttl);
+    }
+
+    fn publish(&self, table: &LeaseTable, service: &str) {
+        if let Some(p) = self.publisher.get() {
+            p(service, table.endpoints_of(service));
         }
+    }
+
+    /// A registration or heartbeat.
+    pub fn heartbeat(&self, reg: Registration) -> Result<Upsert, http::uri::InvalidUri> {
+        let mut t = self.lock();
+        let service = reg.service.clone();
+        let id = reg.id.clone();
+        let address = reg.address.clone();
+        let outcome = t.upsert(reg, tokio::time::Instant::now(), SystemTime::now())?;
+        match outcome {
+            Upsert::Registered => {
+                tracing::info!(target: "waygate::registry", service, id, address, "instance registered");
+                self.publish(&t, &service);
+            }
+            Upsert::Updated => {
+                tracing::info!(target: "waygate::registry", service, id, address, "instance updated");
+                self.publish(&t, &service);
+            }
+            Upsert::Renewed => {}
+        }
+        drop(t);
+        self.changed.notify_one();
+        Ok(outcome)
+    }
+
+    /// A graceful deregistration; `false` if unknown.
+    pub fn deregister(&self, service: &str, id: &str) -> bool {
+        let mut t = self.lock();
+        let removed = t.remove(service, id);
+        if removed {
+            tracing::info!(target: "waygate::registry", service, id, "instance deregistered");
+            self.publish(&t, service);
+        }
+        drop(t);
+        if removed {
+            self.changed.notify_one();
+        }
+        removed
+    }
+
+    /// Evicts lapsed leases; returns how many were evicted per service.
+    pub fn sweep(&self) -> Vec<(String, String)> {
+        let mut t = self.lock();
+        let evicted = t.expire(tokio::time::Instant::now());
+        let ttl = t.ttl();
+        let mut services: Vec<&str> = evicted.iter().map(|(s, _)| s.as_str()).collect();
+        services.dedup();
+        for (service, id) in &evicted {
+            tracing::info!(
+                target: "waygate::registry",
+                service, id, ttl = %humantime::format_duration(ttl),
+                "instance evicted: lease expired"
+            );
+        }
+        for s in services {
+            self.publish(&t, s);
+        }
+        drop(t);
+        if !evicted.is_empty() {
+            self.changed.notify_one();
+        }
+        evicted
+    }
+
+    /// Restores leases from a snapshot (at start-up, before publishing).
+    pub fn restore(&self, entries: Vec<(Registration, Duration)>) -> usize {
+        let mut t = self.lock();
+        let now = tokio::time::Instant::now();
+        let wall = SystemTime::now();
+        let mut n = 0;
+        let mut services = Vec::new();
+        for (reg, age) in entries {
+            let s = reg.service.clone();
+            if t.restore(reg, age, now, wall) {
+                n += 1;
+                services.push(s);
+            }
+        }
+        services.sort();
+        services.dedup();
+        for s in &services {
+            self.publish(&t, s);
+        }
+        n
+    }
+
+    /// Runs the TTL sweep until the task is aborted.
+    pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let reg = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let period = lease::sweep_interval(reg.lock().ttl());
+                tokio::time::sleep(period).await;
+                reg.sweep();
+            }
+        })
     }
 }
