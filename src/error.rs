@@ -20,6 +20,8 @@ pub enum GatewayError {
     Overloaded { service: String, limit: usize },
     #[error("upstream {endpoint} of service {service} did not answer within {timeout:?}")]
     UpstreamTimeout { service: String, endpoint: String, timeout: Duration },
+    #[error("bad request: {message}")]
+    BadRequest { message: String },
     #[error("upstream {endpoint} of service {service} failed: {source}")]
     UpstreamConnect {
         service: String,
@@ -33,6 +35,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::UpstreamConnect { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::NoHealthyUpstream { .. }
             | GatewayError::CircuitOpen { .. }
@@ -45,6 +48,7 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self {
             GatewayError::NoRoute { .. } => "no_route",
+            GatewayError::BadRequest { .. } => "bad_request",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::CircuitOpen { .. } => "circuit_open",
             GatewayError::Overloaded { .. } => "overloaded",

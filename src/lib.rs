@@ -9,12 +9,15 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod breaker;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod proxy;
 pub mod registry;
 pub mod reload;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -3,15 +3,17 @@
 //! and its in-flight count. Built once per service and kept across config
 //! reloads that do not change the service.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
 use crate::balancer::{self, Balancer, PickContext};
+use crate::breaker::CircuitBreaker;
 use crate::config::{HashKey, ServiceConfig};
 use crate::proxy::client::{self, HttpClient};
 use crate::registry::{Endpoint, EndpointSet, Source};
+use crate::retry::RetryBudget;
 
 #[derive(Debug)]
 pub struct Service {
@@ -19,8 +21,26 @@ pub struct Service {
     pub config: ServiceConfig,
     balancer: Box<dyn Balancer>,
     endpoints: ArcSwap<EndpointSet>,
+    /// Serializes writers of `endpoints` (registry, health checks, ejections),
+    /// so no update is lost between a load and a store. Readers never take it.
+    writer: Mutex<()>,
     pub(crate) client: HttpClient,
     inflight: AtomicUsize,
+    /// Present when `[services.circuit_breaker]` is configured.
+    pub breaker: Option<CircuitBreaker>,
+    /// Present when `[services.retry]` is configured.
+    pub budget: Option<RetryBudget>,
+    retries: AtomicU64,
+    /// The active health check loop, stopped when the service is dropped.
+    checker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(t) = self.checker.get_mut().ok().and_then(Option::take) {
+            t.abort();
+        }
+    }
 }
 
 impl Service {
@@ -40,7 +60,7 @@ impl Service {
             })
             .collect();
         endpoints.extend(registered);
-        let set = EndpointSet::all_available(endpoints);
+        let set = EndpointSet::from_health(endpoints);
         let balancer = balancer::build(&config);
         balancer.update(&set);
         if !balancer::implemented(config.balancer) {
@@ -50,14 +70,38 @@ impl Service {
                 "this balancer is not implemented yet; the service is balanced round robin"
             );
         }
-        Arc::new(Service {
+        let service = Arc::new(Service {
             name: config.name.as_str().into(),
             client: client::build(config.connect_timeout),
             balancer,
             endpoints: ArcSwap::from_pointee(set),
+            writer: Mutex::new(()),
             inflight: AtomicUsize::new(0),
+            breaker: config.circuit_breaker.clone().map(|c| CircuitBreaker::new(&config.name, c)),
+            budget: config.retry.as_ref().map(RetryBudget::new),
+            retries: AtomicU64::new(0),
+            checker: Mutex::new(None),
             config,
-        })
+        });
+        *service.checker.lock().unwrap_or_else(|e| e.into_inner()) = crate::health::checker::spawn(&service);
+        service
+    }
+
+    /// Held while changing the endpoint snapshot.
+    pub(crate) fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Recomputes availability from the endpoints' health flags; the caller
+    /// holds [`Service::writer`].
+    pub(crate) fn refresh_locked(&self) {
+        let endpoints = self.endpoints.load().endpoints.clone();
+        self.store_locked(EndpointSet::from_health(endpoints));
+    }
+
+    fn store_locked(&self, set: EndpointSet) {
+        self.balancer.update(&set);
+        self.endpoints.store(Arc::new(set));
     }
 
     /// The current endpoint snapshot.
@@ -65,19 +109,14 @@ impl Service {
         self.endpoints.load_full()
     }
 
-    /// Publishes a new endpoint snapshot (off the request path).
-    pub fn set_endpoints(&self, set: EndpointSet) {
-        self.balancer.update(&set);
-        self.endpoints.store(Arc::new(set));
-    }
-
     /// Replaces the registered endpoints (static ones stay as they are).
     pub fn set_registered(&self, registered: Vec<Arc<Endpoint>>) {
+        let _w = self.writer();
         let current = self.endpoints.load();
         let mut endpoints: Vec<Arc<Endpoint>> =
             current.endpoints.iter().filter(|e| e.source == Source::Static).cloned().collect();
         endpoints.extend(registered);
-        self.set_endpoints(EndpointSet::all_available(endpoints));
+        self.store_locked(EndpointSet::from_health(endpoints));
     }
 
     pub fn balancer(&self) -> &dyn Balancer {
@@ -105,6 +144,15 @@ impl Service {
 
     pub fn release(&self) {
         self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts a retry (admin API; metrics count them too).
+    pub fn note_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     pub fn inflight(&self) -> usize {

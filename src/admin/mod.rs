@@ -14,6 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
+use crate::breaker::Phase;
 use crate::proxy::{Proxy, ResponseBody};
 use crate::registry::Endpoint;
 
@@ -133,10 +134,15 @@ fn upstreams(proxy: &Proxy) -> Value {
                 Some(svc) => json!({
                     "declared": true,
                     "balancer": svc.balancer().kind().as_str(),
-                    "circuit_breaker": match &svc.config.circuit_breaker {
-                        Some(_) => json!({"state": "closed"}),
+                    "circuit_breaker": match &svc.breaker {
+                        Some(b) => json!({
+                            "state": b.phase().as_str(),
+                            "retry_after_ms": b.retry_after().map(|d| d.as_millis() as u64),
+                            "opened_total": b.transitions_to(Phase::Open),
+                        }),
                         None => json!({"state": "disabled"}),
                     },
+                    "retries_total": svc.retries(),
                     "inflight": svc.inflight(),
                     "max_concurrent_requests": svc.config.max_concurrent_requests,
                     "endpoints": endpoints,

@@ -28,10 +28,13 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::balancer::PickContext;
+use crate::breaker::Ticket;
 use crate::config::{Config, RouteConfig};
 use crate::error::GatewayError;
+use crate::health::Outcome;
 use crate::registry::lease::LeaseTable;
 use crate::registry::{Endpoint, Registry};
+use crate::retry;
 use crate::service::Service;
 pub use body::{ResponseBody, UpstreamBody};
 use exchange::Exchange;
@@ -144,6 +147,8 @@ impl Proxy {
         };
         ex.set_route(route.clone());
         let service = &route.service;
+
+        // Concurrency limit: shed load at once rather than queue.
         if !service.try_acquire() {
             let err = GatewayError::Overloaded {
                 service: service.name.to_string(),
@@ -153,34 +158,105 @@ impl Proxy {
         }
         ex.hold_service(service.clone());
 
-        let hash = service.request_hash(&parts, conn.remote.ip());
-        let Some(endpoint) = service.pick(&PickContext { hash, avoid: &[] }) else {
-            let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
-            return error_response(&err, &request_id, ex);
+        // Circuit breaker, outside the retries: a request counts once.
+        let mut ticket = match &service.breaker {
+            Some(b) => match b.try_acquire() {
+                Ok(admission) => Some(Ticket::new(b, admission)),
+                Err(retry_after) => {
+                    let err = GatewayError::CircuitOpen { service: service.name.to_string(), retry_after };
+                    return error_response(&err, &request_id, ex);
+                }
+            },
+            None => None,
         };
 
+        let hash = service.request_hash(&parts, conn.remote.ip());
         let upgrade = headers::wants_upgrade(&parts.headers, parts.version);
         rewrite_request(&mut parts, &route.config, prefix_end, conn, upgrade);
         ex.set_trace_id(headers::propagate_traceparent(&mut parts.headers));
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(endpoint.authority.clone());
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are set");
-        ex.use_endpoint(endpoint.clone());
-
         let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
+        // request_timeout bounds the whole exchange until the response head,
+        // retries included.
+        let deadline = tokio::time::Instant::now() + timeout;
+
         if upgrade {
+            let Some(endpoint) = service.pick(&PickContext { hash, avoid: &[] }) else {
+                let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
+                return error_response(&err, &request_id, ex);
+            };
+            set_upstream_uri(&mut parts, &endpoint);
+            ex.use_endpoint(endpoint);
             return self.tunnel(parts, body, &route, timeout, request_id, ex).await;
         }
-        let upstream_req = Request::from_parts(parts, UpstreamBody::Stream(body));
-        match tokio::time::timeout(timeout, service.client.request(upstream_req)).await {
-            Ok(Ok(resp)) => upstream_response(resp, &request_id, ex),
-            Ok(Err(e)) => {
-                let err = connect_error(service, &endpoint, e);
-                tracing::debug!(error = %err, "upstream request failed");
-                error_response(&err, &request_id, ex)
+
+        // Retries need a body that can be sent again.
+        let retry = service.config.retry.as_ref().filter(|r| r.attempts > 0 && retry::idempotent(&parts.method));
+        if let (Some(_), Some(budget)) = (retry, &service.budget) {
+            budget.deposit();
+        }
+        let mut body = match retry {
+            Some(_) => match ReplayBody::hold(body, &parts.headers).await {
+                Ok(b) => b,
+                Err(e) => {
+                    drop(ticket.take());
+                    let err = GatewayError::BadRequest { message: format!("cannot read the request body: {e}") };
+                    return error_response(&err, &request_id, ex);
+                }
+            },
+            None => ReplayBody::Stream(Some(body)),
+        };
+
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        loop {
+            let Some(endpoint) = service.pick(&PickContext { hash, avoid: &tried }) else {
+                let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
+                return error_response(&err, &request_id, ex);
+            };
+            ex.use_endpoint(endpoint.clone());
+            let may_retry = retry.is_some_and(|r| tried.len() < r.attempts as usize) && body.replayable();
+            let upstream_req = if may_retry {
+                attempt_request(&parts, &endpoint, body.take())
+            } else {
+                set_upstream_uri(&mut parts, &endpoint);
+                Request::from_parts(std::mem::replace(&mut parts, Request::new(()).into_parts().0), body.take())
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let result = tokio::time::timeout(left, service.client.request(upstream_req)).await;
+            let outcome = match &result {
+                Ok(Ok(resp)) if resp.status().is_server_error() => Outcome::Http5xx(resp.status().as_u16()),
+                Ok(Ok(_)) => Outcome::Success,
+                Ok(Err(_)) => Outcome::ConnectError,
+                Err(_) => Outcome::Timeout,
+            };
+            service.record_outcome(&endpoint, outcome);
+
+            let retry_status = match &result {
+                Ok(Ok(resp)) => retry.is_some_and(|r| retry::retryable_status(r, resp.status().as_u16())),
+                _ => false,
+            };
+            if may_retry
+                && (retry.is_some_and(|r| retry::retryable(r, outcome)) || retry_status)
+                && tokio::time::Instant::now() < deadline
+                && service.budget.as_ref().is_some_and(|b| b.withdraw())
+            {
+                tracing::debug!(service = %service.name, endpoint = %endpoint.address, outcome = %outcome.describe(), "retrying on another endpoint");
+                service.note_retry();
+                tried.push(endpoint);
+                continue;
             }
-            Err(_) => error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex),
+
+            if let Some(t) = ticket.take() {
+                t.finish(!outcome.is_failure());
+            }
+            return match result {
+                Ok(Ok(resp)) => upstream_response(resp, &request_id, ex),
+                Ok(Err(e)) => {
+                    let err = connect_error(service, &endpoint, e);
+                    tracing::debug!(error = %err, "upstream request failed");
+                    error_response(&err, &request_id, ex)
+                }
+                Err(_) => error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex),
+            };
         }
     }
 
@@ -267,6 +343,71 @@ fn connect_error(
 
 fn timeout_error(service: &Service, endpoint: &Endpoint, timeout: Duration) -> GatewayError {
     GatewayError::UpstreamTimeout { service: service.name.to_string(), endpoint: endpoint.address.to_string(), timeout }
+}
+
+/// Points the request at `endpoint` (absolute-form URI: the pool is keyed by it).
+fn set_upstream_uri(parts: &mut http::request::Parts, endpoint: &Endpoint) {
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(endpoint.authority.clone());
+    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are set");
+}
+
+/// A copy of the request head for one attempt of a retryable request.
+fn attempt_request(parts: &http::request::Parts, endpoint: &Endpoint, body: UpstreamBody) -> Request<UpstreamBody> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = parts.uri.path_and_query().cloned();
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path are set");
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// The request body as the retry loop sees it.
+enum ReplayBody {
+    /// Streamed once; taken by the first attempt.
+    Stream(Option<Incoming>),
+    /// Small and complete: sent again on every attempt.
+    Held(Option<Bytes>),
+}
+
+impl ReplayBody {
+    /// Holds an empty or small (Content-Length ≤ 64 KiB) body so it can be
+    /// replayed; anything else keeps streaming (and is not retried).
+    async fn hold(body: Incoming, headers: &http::HeaderMap) -> Result<ReplayBody, String> {
+        use http_body::Body as _;
+        use http_body_util::BodyExt as _;
+        if body.is_end_stream() {
+            return Ok(ReplayBody::Held(None));
+        }
+        let len = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        match len {
+            Some(n) if n <= retry::MAX_REPLAY_BODY => {
+                let bytes = http_body_util::Limited::new(body, retry::MAX_REPLAY_BODY as usize)
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                Ok(ReplayBody::Held((!bytes.is_empty()).then_some(bytes)))
+            }
+            _ => Ok(ReplayBody::Stream(Some(body))),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, ReplayBody::Held(_))
+    }
+
+    fn take(&mut self) -> UpstreamBody {
+        match self {
+            ReplayBody::Stream(b) => b.take().map(UpstreamBody::Stream).unwrap_or_else(UpstreamBody::empty),
+            ReplayBody::Held(b) => UpstreamBody::Full(b.clone()),
+        }
+    }
 }
 
 /// Rewrites the inbound request head for the upstream hop.

@@ -3,7 +3,7 @@
 //! set is an immutable [`EndpointSet`] snapshot; the request path only ever
 //! loads a snapshot, never takes a lock shared with registration.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -104,6 +104,15 @@ pub struct EndpointStats {
     pub ewma_ns: AtomicU64,
     /// When `ewma_ns` was last updated, in nanoseconds since the process clock's start.
     pub ewma_stamp_ns: AtomicU64,
+    /// Verdict of the active health check (true until a check says otherwise).
+    pub checked_healthy: AtomicBool,
+    /// Ejected by outlier detection.
+    pub ejected: AtomicBool,
+    /// Failed live-traffic attempts in a row (outlier detection).
+    pub consecutive_failures: AtomicU32,
+    /// Slow-path health bookkeeping (check counter, ejection history); only
+    /// health checks and ejections take it, never a successful request.
+    pub book: Mutex<crate::health::HealthBook>,
     /// Last state transition; written on transitions and read by the admin
     /// API only, never on the request path.
     pub transition: Mutex<Transition>,
@@ -115,6 +124,10 @@ impl Default for EndpointStats {
             active: AtomicUsize::new(0),
             ewma_ns: AtomicU64::new(0),
             ewma_stamp_ns: AtomicU64::new(0),
+            checked_healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            book: Mutex::new(Default::default()),
             transition: Mutex::new(Transition {
                 state: EndpointState::Healthy,
                 reason: "new endpoint".into(),
@@ -138,6 +151,27 @@ impl EndpointStats {
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
+
+    /// Healthy and not ejected: may take new requests.
+    pub fn is_available(&self) -> bool {
+        self.checked_healthy.load(Ordering::Acquire) && !self.ejected.load(Ordering::Acquire)
+    }
+
+    /// The one state that active health and ejection combine into (an
+    /// expired lease is recorded by the registry when it evicts).
+    pub fn combined_state(&self) -> EndpointState {
+        if !self.checked_healthy.load(Ordering::Acquire) {
+            EndpointState::Unhealthy
+        } else if self.ejected.load(Ordering::Acquire) {
+            EndpointState::Ejected
+        } else {
+            EndpointState::Healthy
+        }
+    }
+
+    pub fn book(&self) -> std::sync::MutexGuard<'_, crate::health::HealthBook> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Every endpoint of a service at one moment, and which of them may take
@@ -155,6 +189,12 @@ impl EndpointSet {
     /// A set in which every endpoint is available.
     pub fn all_available(endpoints: Vec<Arc<Endpoint>>) -> Self {
         let available = (0..endpoints.len()).collect();
+        EndpointSet { endpoints, available }
+    }
+
+    /// A set whose availability is read from each endpoint's health flags.
+    pub fn from_health(endpoints: Vec<Arc<Endpoint>>) -> Self {
+        let available = endpoints.iter().enumerate().filter(|(_, e)| e.stats.is_available()).map(|(i, _)| i).collect();
         EndpointSet { endpoints, available }
     }
 }
