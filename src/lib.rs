@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod reload;
@@ -77,8 +78,9 @@ impl Gateway {
         let admin_addr =
             admin_listener.local_addr().map_err(|source| StartError::Bind { addr: g.admin_listen, source })?;
 
-        let registry = Arc::new(registry::Registry::new(config.registry.heartbeat_ttl));
-        let proxy = Proxy::new(config.clone(), registry.clone());
+        let metrics = Arc::new(metrics::Metrics::new());
+        let registry = Arc::new(registry::Registry::new(config.registry.heartbeat_ttl, metrics.clone()));
+        let proxy = Proxy::new(config.clone(), registry.clone(), metrics);
         if let Some(path) = &config.registry.snapshot {
             let restored = registry.restore(registry::persist::load(path));
             if restored > 0 {

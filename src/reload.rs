@@ -38,6 +38,7 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigErrors> {
             for e in &errors.0 {
                 tracing::error!(target: "waygate::reload", error = %e, "config refused; the old config keeps serving");
             }
+            proxy.metrics().reload(false);
             return Err(errors);
         }
     };
@@ -52,6 +53,7 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigErrors> {
     }
     let hash = config.hash.clone();
     proxy.install(Arc::new(config));
+    proxy.metrics().reload(true);
     tracing::info!(target: "waygate::reload", %hash, "config reloaded");
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! and its in-flight count. Built once per service and kept across config
 //! reloads that do not change the service.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prometheus::IntCounter;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -11,6 +13,7 @@ use arc_swap::ArcSwap;
 use crate::balancer::{self, Balancer, PickContext};
 use crate::breaker::CircuitBreaker;
 use crate::config::{HashKey, ServiceConfig};
+use crate::metrics::Metrics;
 use crate::proxy::client::{self, HttpClient};
 use crate::registry::{Endpoint, EndpointSet, Source};
 use crate::retry::RetryBudget;
@@ -30,7 +33,8 @@ pub struct Service {
     pub breaker: Option<CircuitBreaker>,
     /// Present when `[services.retry]` is configured.
     pub budget: Option<RetryBudget>,
-    retries: AtomicU64,
+    retries: IntCounter,
+    metrics: Arc<Metrics>,
     /// The active health check loop, stopped when the service is dropped.
     checker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -46,7 +50,7 @@ impl Drop for Service {
 impl Service {
     /// Builds a service from its static endpoints and the instances
     /// currently registered under its name.
-    pub fn new(config: ServiceConfig, registered: Vec<Arc<Endpoint>>) -> Arc<Service> {
+    pub fn new(config: ServiceConfig, registered: Vec<Arc<Endpoint>>, metrics: Arc<Metrics>) -> Arc<Service> {
         let mut endpoints: Vec<Arc<Endpoint>> = config
             .endpoints
             .iter()
@@ -60,6 +64,9 @@ impl Service {
             })
             .collect();
         endpoints.extend(registered);
+        for ep in &endpoints {
+            ep.metrics.get_or_init(|| metrics.endpoint(&config.name, &ep.address));
+        }
         let set = EndpointSet::from_health(endpoints);
         let balancer = balancer::build(&config);
         balancer.update(&set);
@@ -77,9 +84,13 @@ impl Service {
             endpoints: ArcSwap::from_pointee(set),
             writer: Mutex::new(()),
             inflight: AtomicUsize::new(0),
-            breaker: config.circuit_breaker.clone().map(|c| CircuitBreaker::new(&config.name, c)),
+            breaker: config
+                .circuit_breaker
+                .clone()
+                .map(|c| CircuitBreaker::new(&config.name, c, metrics.breaker_transitions(&config.name))),
             budget: config.retry.as_ref().map(RetryBudget::new),
-            retries: AtomicU64::new(0),
+            retries: metrics.retries(&config.name),
+            metrics,
             checker: Mutex::new(None),
             config,
         });
@@ -116,6 +127,13 @@ impl Service {
         let mut endpoints: Vec<Arc<Endpoint>> =
             current.endpoints.iter().filter(|e| e.source == Source::Static).cloned().collect();
         endpoints.extend(registered);
+        for ep in &endpoints {
+            ep.metrics.get_or_init(|| self.metrics.endpoint(&self.name, &ep.address));
+        }
+        // Series of endpoints that left (evicted, deregistered, moved) go too.
+        for gone in current.endpoints.iter().filter(|old| !endpoints.iter().any(|e| e.address == old.address)) {
+            self.metrics.remove_endpoint(&self.name, &gone.address);
+        }
         self.store_locked(EndpointSet::from_health(endpoints));
     }
 
@@ -148,11 +166,11 @@ impl Service {
 
     /// Counts a retry (admin API; metrics count them too).
     pub fn note_retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.retries.inc();
     }
 
     pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.retries.get()
     }
 
     pub fn inflight(&self) -> usize {

@@ -52,6 +52,12 @@ pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<
             }),
         ),
         "/admin/upstreams" => ("GET, HEAD", get(method, || (StatusCode::OK, upstreams(&state.proxy)))),
+        "/metrics" if method == Method::GET || method == Method::HEAD => {
+            let mut r = Response::new(ResponseBody::full(Bytes::from(state.proxy.metrics().render(&state.proxy))));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            return r;
+        }
+        "/metrics" => ("GET, HEAD", None),
         "/admin/config" => ("GET, HEAD", get(method, || (StatusCode::OK, config_info(&state.proxy)))),
         _ => {
             return json_response(

@@ -11,7 +11,9 @@
 //! A request's outcome is recorded once, after retries (the breaker sits
 //! outside the retry loop), so a retried failure counts once.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+
+use prometheus::IntCounter;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -160,20 +162,20 @@ pub struct CircuitBreaker {
     /// writes when there is a run to reset.
     failing: AtomicU32,
     state: Mutex<BreakerState>,
-    /// Transitions into each phase (indexed by `Phase as usize`), read by
-    /// the metrics scrape.
-    transitions: [AtomicU64; 3],
+    /// Transitions into each phase (indexed by `Phase as usize`): the
+    /// `waygate_circuit_breaker_transitions_total` series of the service.
+    transitions: [IntCounter; 3],
 }
 
 impl CircuitBreaker {
-    pub fn new(service: &str, cfg: BreakerConfig) -> Self {
+    pub fn new(service: &str, cfg: BreakerConfig, transitions: [IntCounter; 3]) -> Self {
         CircuitBreaker {
             cfg,
             service: service.into(),
             phase: AtomicU8::new(Phase::Closed as u8),
             failing: AtomicU32::new(0),
             state: Mutex::new(BreakerState::new(Instant::now())),
-            transitions: Default::default(),
+            transitions,
         }
     }
 
@@ -220,13 +222,13 @@ impl CircuitBreaker {
         self.phase.store(st.phase as u8, Ordering::Release);
         if let Some(to) = changed {
             tracing::warn!(target: "waygate::breaker", service = %self.service, to = to.as_str(), reason, "circuit breaker changed state");
-            self.transitions[to as usize].fetch_add(1, Ordering::Relaxed);
+            self.transitions[to as usize].inc();
         }
     }
 
     /// How many times the breaker entered `phase`.
     pub fn transitions_to(&self, phase: Phase) -> u64 {
-        self.transitions[phase as usize].load(Ordering::Relaxed)
+        self.transitions[phase as usize].get()
     }
 
     /// Time until an open breaker lets trials through (for the admin API).
@@ -345,7 +347,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_breaker_counts_once_per_request() {
-        let b = CircuitBreaker::new("s", cfg(3, 1));
+        let b = CircuitBreaker::new("s", cfg(3, 1), crate::metrics::Metrics::new().breaker_transitions("s"));
         for _ in 0..3 {
             let a = b.try_acquire().unwrap();
             Ticket::new(&b, a).finish(false);

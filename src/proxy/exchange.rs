@@ -10,12 +10,16 @@ use std::time::Instant;
 use http::{HeaderValue, Method};
 
 use super::RouteEntry;
+use crate::metrics::RouteMetrics;
 use crate::registry::Endpoint;
 use crate::service::Service;
 
 pub struct Exchange {
     start: Instant,
+    method: Method,
     route: Option<Arc<RouteEntry>>,
+    /// Where the request is counted when no route matched.
+    no_route: Option<Arc<RouteMetrics>>,
     /// Set once a service slot (`max_concurrent_requests`) is held.
     service: Option<Arc<Service>>,
     endpoint: Option<Arc<Endpoint>>,
@@ -27,7 +31,6 @@ pub struct Exchange {
 }
 
 struct LogFields {
-    method: Method,
     path: String,
     request_id: HeaderValue,
     trace_id: [u8; 32],
@@ -38,18 +41,31 @@ impl Exchange {
     pub fn new(start: Instant, method: &Method, path: &str, request_id: &HeaderValue) -> Self {
         let log = access_log_enabled().then(|| {
             Box::new(LogFields {
-                method: method.clone(),
                 path: path.to_string(),
                 request_id: request_id.clone(),
                 trace_id: [b'0'; 32],
                 body_error: false,
             })
         });
-        Exchange { start, route: None, service: None, endpoint: None, status: 0, bytes_out: 0, log }
+        Exchange {
+            start,
+            method: method.clone(),
+            route: None,
+            no_route: None,
+            service: None,
+            endpoint: None,
+            status: 0,
+            bytes_out: 0,
+            log,
+        }
     }
 
     pub fn set_route(&mut self, route: Arc<RouteEntry>) {
         self.route = Some(route);
+    }
+
+    pub fn set_no_route(&mut self, metrics: Arc<RouteMetrics>) {
+        self.no_route = Some(metrics);
     }
 
     pub fn set_trace_id(&mut self, trace_id: [u8; 32]) {
@@ -75,8 +91,16 @@ impl Exchange {
         self.endpoint.as_ref()
     }
 
+    /// The response head is ready: records the request's status and
+    /// duration (time to the response head).
     pub fn set_status(&mut self, status: u16) {
         self.status = status;
+        let seconds = self.start.elapsed().as_secs_f64();
+        match (&self.route, &self.no_route) {
+            (Some(r), _) => r.metrics.record(&self.method, status, seconds),
+            (None, Some(m)) => m.record(&self.method, status, seconds),
+            (None, None) => {}
+        }
     }
 
     /// The response body is done (or dropped): `bytes` were sent to the client.
@@ -103,7 +127,7 @@ impl Drop for Exchange {
                 self.service.as_ref().map(|s| s.name.as_ref()).or(self.route.as_ref().map(|r| r.service.name.as_ref()));
             tracing::info!(
                 target: "waygate::access",
-                method = %l.method,
+                method = %self.method,
                 path = %l.path,
                 route,
                 service = service.unwrap_or(""),

@@ -32,6 +32,7 @@ use crate::breaker::Ticket;
 use crate::config::{Config, RouteConfig};
 use crate::error::GatewayError;
 use crate::health::Outcome;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::registry::lease::LeaseTable;
 use crate::registry::{Endpoint, Registry};
 use crate::retry;
@@ -54,6 +55,7 @@ pub struct RouteEntry {
     pub config: RouteConfig,
     pub label: Arc<str>,
     pub service: Arc<Service>,
+    pub metrics: RouteMetrics,
 }
 
 /// Routes and services of one config, swapped in whole.
@@ -62,17 +64,25 @@ pub struct Snapshot {
     pub router: Router<Arc<RouteEntry>>,
     pub services: HashMap<String, Arc<Service>>,
     pub config: Arc<Config>,
+    /// Metrics of requests that matched no route.
+    pub no_route: Arc<RouteMetrics>,
 }
 
 impl Snapshot {
     /// Builds the snapshot for `config`, reusing the runtime (endpoints,
     /// balancer state, pool) of services in `previous` whose config is equal;
     /// new services start with the instances registered under their name.
-    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>, registry: &LeaseTable) -> Snapshot {
+    pub fn build(
+        config: Arc<Config>,
+        previous: Option<&Snapshot>,
+        registry: &LeaseTable,
+        metrics: &Arc<Metrics>,
+    ) -> Snapshot {
         let mut services = HashMap::with_capacity(config.services.len());
         for svc in &config.services {
             let reused = previous.and_then(|p| p.services.get(&svc.name)).filter(|old| old.config == *svc).cloned();
-            let service = reused.unwrap_or_else(|| Service::new(svc.clone(), registry.endpoints_of(&svc.name)));
+            let service =
+                reused.unwrap_or_else(|| Service::new(svc.clone(), registry.endpoints_of(&svc.name), metrics.clone()));
             services.insert(svc.name.clone(), service);
         }
         let mut router = Router::new();
@@ -84,10 +94,16 @@ impl Snapshot {
                 Some(h) => format!("{h}{}", r.path_prefix).into(),
                 None => r.path_prefix.as_str().into(),
             };
-            let entry = Arc::new(RouteEntry { config: r.clone(), label, service: service.clone() });
+            let entry = Arc::new(RouteEntry {
+                config: r.clone(),
+                metrics: metrics.route(&label, &r.service),
+                label,
+                service: service.clone(),
+            });
             router.insert(r.host.as_deref(), &r.path_prefix, r.methods.as_deref(), entry);
         }
-        Snapshot { router, services, config }
+        let no_route = Arc::new(metrics.route("", ""));
+        Snapshot { router, services, config, no_route }
     }
 }
 
@@ -96,14 +112,15 @@ impl Snapshot {
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
     /// A proxy serving `config`, with registered instances published into its
     /// services from now on.
-    pub fn new(config: Arc<Config>, registry: Arc<Registry>) -> Arc<Proxy> {
-        let snapshot = registry.with_table(|t| Snapshot::build(config, None, t));
-        let proxy = Arc::new(Proxy { snapshot: ArcSwap::from_pointee(snapshot), registry });
+    pub fn new(config: Arc<Config>, registry: Arc<Registry>, metrics: Arc<Metrics>) -> Arc<Proxy> {
+        let snapshot = registry.with_table(|t| Snapshot::build(config, None, t, &metrics));
+        let proxy = Arc::new(Proxy { snapshot: ArcSwap::from_pointee(snapshot), registry, metrics });
         let weak = Arc::downgrade(&proxy);
         proxy.registry.set_publisher(Box::new(move |service, endpoints| {
             if let Some(p) = weak.upgrade() {
@@ -123,6 +140,10 @@ impl Proxy {
         &self.registry
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Swaps in a new config; requests in flight finish on the old one. The
     /// registry is held while the new services are built and swapped in, so
     /// no registration falls between them.
@@ -130,7 +151,17 @@ impl Proxy {
         self.registry.set_ttl(config.registry.heartbeat_ttl);
         self.registry.with_table(|t| {
             let old = self.snapshot.load_full();
-            self.snapshot.store(Arc::new(Snapshot::build(config, Some(&old), t)));
+            let new = Snapshot::build(config, Some(&old), t, &self.metrics);
+            // Endpoint series of services or endpoints that are gone.
+            for (name, svc) in &old.services {
+                let now = new.services.get(name).map(|s| s.endpoints());
+                for ep in svc.endpoints().endpoints.iter() {
+                    if !now.as_ref().is_some_and(|n| n.endpoints.iter().any(|e| e.address == ep.address)) {
+                        self.metrics.remove_endpoint(name, &ep.address);
+                    }
+                }
+            }
+            self.snapshot.store(Arc::new(new));
         });
     }
 
@@ -142,6 +173,7 @@ impl Proxy {
         let mut ex = Exchange::new(start, &parts.method, parts.uri.path(), &request_id);
 
         let Some((route, prefix_end)) = self.route(&parts) else {
+            ex.set_no_route(self.snapshot.load().no_route.clone());
             let err = GatewayError::NoRoute { method: parts.method.clone(), path: parts.uri.path().to_string() };
             return error_response(&err, &request_id, ex);
         };
@@ -229,6 +261,9 @@ impl Proxy {
                 Err(_) => Outcome::Timeout,
             };
             service.record_outcome(&endpoint, outcome);
+            if let Some(m) = endpoint.metrics.get() {
+                m.record(outcome);
+            }
 
             let retry_status = match &result {
                 Ok(Ok(resp)) => retry.is_some_and(|r| retry::retryable_status(r, resp.status().as_u16())),

@@ -39,6 +39,8 @@ pub struct Endpoint {
     pub weight: u32,
     pub source: Source,
     pub stats: Arc<EndpointStats>,
+    /// `waygate_upstream_requests_total` handles, set when the endpoint joins its service.
+    pub metrics: std::sync::OnceLock<crate::metrics::EndpointMetrics>,
 }
 
 impl Endpoint {
@@ -51,6 +53,7 @@ impl Endpoint {
             weight,
             source,
             stats: Arc::new(EndpointStats::default()),
+            metrics: Default::default(),
         })
     }
 
@@ -63,6 +66,7 @@ impl Endpoint {
             weight,
             source: self.source,
             stats: self.stats.clone(),
+            metrics: Default::default(),
         })
     }
 }
@@ -217,6 +221,7 @@ pub type Publisher = Box<dyn Fn(&str, Vec<Arc<Endpoint>>) + Send + Sync>;
 /// this publishes.
 pub struct Registry {
     table: Mutex<LeaseTable>,
+    metrics: Arc<crate::metrics::Metrics>,
     publisher: std::sync::OnceLock<Publisher>,
     /// Woken on every change (for the snapshot writer).
     pub changed: Notify,
@@ -229,8 +234,13 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub fn new(ttl: Duration) -> Self {
-        Registry { table: Mutex::new(LeaseTable::new(ttl)), publisher: Default::default(), changed: Notify::new() }
+    pub fn new(ttl: Duration, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Registry {
+            table: Mutex::new(LeaseTable::new(ttl)),
+            metrics,
+            publisher: Default::default(),
+            changed: Notify::new(),
+        }
     }
 
     /// Installs the publisher (once, at start-up).
@@ -309,6 +319,7 @@ impl Registry {
                 service, id, ttl = %humantime::format_duration(ttl),
                 "instance evicted: lease expired"
             );
+            self.metrics.eviction(service).inc();
         }
         for s in services {
             self.publish(&t, s);
