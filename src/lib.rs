@@ -121,6 +121,9 @@ impl Gateway {
             Shutdown { drain: admin_stop_rx.clone(), hard_stop: admin_stop_rx, tracker: admin_conns_tx },
             move |req, _conn| admin::handle(a.clone(), req),
         ));
+        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+            tracing::warn!(%endpoint, "[telemetry] otlp_endpoint is set, but this build has no OTLP exporter yet: no spans are exported");
+        }
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, tls = g.tls.is_some(), config = %config.hash, "waygate listening");
         Ok(Gateway {
             proxy_addr,

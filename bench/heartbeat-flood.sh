@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Proxy p99 latency with and without a heartbeat flood (issue 3): wrk drives
+# keep-alive GETs through waygate to an nginx upstream for DURATION seconds,
+# once alone and once while a second wrk POSTs ~10,000 heartbeats/s from 5,000
+# instances to /registry. Everything on 127.0.0.1; every run bounded.
+#   cargo build --release && bench/heartbeat-flood.sh
+# Needs: wrk, nginx (apt-get install -y wrk nginx-light).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${WAYGATE_BIN:-$here/../target/release/waygate}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+run=$(mktemp -d /tmp/waygate-hb.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+cat >"$run/nginx.conf" <<NGINX
+daemon off; worker_processes 1; pid $run/nginx.pid; error_log $run/nginx.err warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 100000000;
+  server { listen 127.0.0.1:19001; location / { return 200 "ok from upstream\n"; } } }
+NGINX
+nginx -c "$run/nginx.conf" -p "$run" & pids+=($!)
+
+cat >"$run/gateway.toml" <<TOML
+[gateway]
+listen = "127.0.0.1:18080"
+admin_listen = "127.0.0.1:18081"
+worker_threads = 2
+[registry]
+heartbeat_ttl = "30s"
+[[services]]
+name = "app"
+endpoints = ["127.0.0.1:19001"]
+[[services]]
+name = "fleet"
+[[routes]]
+path_prefix = "/"
+service = "app"
+TOML
+RUST_LOG=warn "$bin" run --config "$run/gateway.toml" >"$run/waygate.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
+
+p99() {  # wrk --latency output → p99 in ms
+  awk '$1=="99%" { v=$2; u=v; sub(/[0-9.]+/,"",u); sub(/[a-z]+/,"",v);
+        if (u=="us") v/=1000; else if (u=="s") v*=1000; printf "%.3f", v }' "$1"
+}
+timeout $((DURATION + 15)) wrk -t1 -c"$CONNS" -d3s http://127.0.0.1:18080/ >/dev/null   # warm-up
+timeout $((DURATION + 15)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency http://127.0.0.1:18080/ >"$run/base.txt"
+(cd "$here" && timeout $((DURATION + 20)) wrk -t1 -c20 -d$((DURATION + 6))s -s heartbeat.lua http://127.0.0.1:18081/registry >"$run/flood.txt") &
+flood=$!
+sleep 4   # let the first 5,000 registrations land; measure the steady flood
+timeout $((DURATION + 15)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency http://127.0.0.1:18080/ >"$run/under.txt"
+wait "$flood" || true
+base=$(p99 "$run/base.txt"); under=$(p99 "$run/under.txt")
+echo "proxy p99 alone:            ${base} ms  ($(awk '/Requests\/sec/{print $2}' "$run/base.txt") req/s)"
+echo "proxy p99 under heartbeats: ${under} ms  ($(awk '/Requests\/sec/{print $2}' "$run/under.txt") req/s)"
+grep heartbeats: "$run/flood.txt" || true
+echo "instances registered: $(curl -s http://127.0.0.1:18081/registry/fleet | grep -o '"id"' | wc -l)"
+awk -v a="$base" -v b="$under" 'BEGIN { printf "p99 ratio under flood: %.2f\n", b / a }'
+echo "raw outputs: $run"

@@ -1,0 +1,290 @@
+//! Hostile clients (issue 2, item 8): request smuggling with both
+//! `Content-Length` and `Transfer-Encoding`, oversized header blocks, garbage,
+//! and slow clients cut off by `header_read_timeout`, while normal clients
+//! keep being served.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const HEADER_READ_TIMEOUT_MS: u64 = 300;
+const T: Duration = Duration::from_secs(5);
+
+async fn setup() -> (TestGateway, Upstream) {
+    let up = Upstream::start("up").await;
+    let extra = format!("header_read_timeout = \"{HEADER_READ_TIMEOUT_MS}ms\"");
+    let gw = TestGateway::start_with(&extra, &simple_toml(&[&up], "")).await;
+    (gw, up)
+}
+
+/// Sends `data` on a fresh connection (in the background, ignoring write
+/// errors, so a server that answers and closes early cannot block us) and
+/// returns what came back until the server closed.
+async fn raw_exchange(gw: &TestGateway, data: Vec<u8>) -> (Vec<u8>, bool) {
+    let tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&data).await;
+        wr // keep the write half open until the exchange is over
+    });
+    let out = read_to_close(&mut rd, T).await;
+    drop(writer.await);
+    out
+}
+
+/// A byte-by-byte sender: one byte every `every`, until the server closes
+/// the connection or the bytes run out. Returns (bytes sent, time until the
+/// server closed, whatever the server sent).
+async fn trickle(gw: &TestGateway, bytes: &[u8], every: Duration) -> (usize, Option<Duration>, Vec<u8>) {
+    let tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    let started = Instant::now();
+    let (mut rd, mut wr) = tcp.into_split();
+    let bytes = bytes.to_vec();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        for b in bytes {
+            if wr.write_all(&[b]).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(every).await;
+        }
+        (sent, wr)
+    });
+    let limit = every * 40 + Duration::from_secs(2);
+    let (got, closed) = read_to_close(&mut rd, limit).await;
+    let closed_after = closed.then(|| started.elapsed());
+    writer.abort();
+    let sent = match writer.await {
+        Ok((sent, _)) => sent,
+        Err(_) => usize::MAX, // aborted mid-way: counted below by time instead
+    };
+    (sent, closed_after, got)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_never_smuggles_a_second_request() {
+    let (gw, up) = setup().await;
+    let smuggled = "GET /api/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    // (TE then CL) and (CL then TE); the CL covers the smuggled request for a
+    // parser that believes it, the chunked framing ends before it.
+    for te_first in [true, false] {
+        let body = format!("0\r\n\r\n{smuggled}");
+        let (a, b) = ("Transfer-Encoding: chunked\r\n".to_string(), format!("Content-Length: {}\r\n", body.len()));
+        let (first, second) = if te_first { (a, b) } else { (b, a) };
+        let req = format!("POST /api/a HTTP/1.1\r\nHost: x\r\n{first}{second}\r\n{body}");
+        let before = up.count();
+        let (resp, closed) = raw_exchange(&gw, req.into_bytes()).await;
+        assert!(closed, "the connection is closed after a CL+TE request (te_first={te_first})");
+        assert!(count_status_lines(&resp) <= 1, "at most one response: {}", text(&resp));
+        if !resp.is_empty() {
+            let t = text(&resp);
+            assert!(t.starts_with("HTTP/1.1 400") || t.starts_with("HTTP/1.1 200"), "{t}");
+        }
+        let reqs = up.requests();
+        assert!(
+            reqs.iter().all(|r| !r.path.contains("smuggled")),
+            "the smuggled request reached the upstream: {:?}",
+            reqs.iter().map(|r| &r.uri).collect::<Vec<_>>()
+        );
+        assert!(up.count() - before <= 1, "never two upstream requests from one CL+TE request");
+    }
+}
+
+/// Issue 2 item 8 says such a request "is refused". Hyper (RFC 9112 §6.3)
+/// lets Transfer-Encoding win, drops Content-Length and closes the connection
+/// afterwards; this checks the stricter reading: 400 and nothing upstream.
+#[tokio::test]
+#[ignore = "BUG? issue 2 says a CL+TE request 'is refused'; the gateway forwards it (as chunked) to the upstream and answers 200"]
+async fn content_length_with_transfer_encoding_is_refused() {
+    let (gw, up) = setup().await;
+    let req = "POST /api/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let (resp, closed) = raw_exchange(&gw, req.as_bytes().to_vec()).await;
+    assert!(closed);
+    assert!(text(&resp).starts_with("HTTP/1.1 400"), "{}", text(&resp));
+    assert_eq!(up.count(), 0, "a CL+TE request reached the upstream");
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_rejected_and_never_reaches_an_upstream() {
+    let (gw, up) = setup().await;
+    let cases = [
+        // Two different Content-Lengths.
+        "POST /api/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 41\r\n\r\nhelloGET /api/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        // A Transfer-Encoding that does not end in chunked.
+        "POST /api/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\nContent-Length: 3\r\n\r\nabc",
+        // Whitespace before the colon (obfuscated header name).
+        "POST /api/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabc",
+    ];
+    for case in cases {
+        let (resp, closed) = raw_exchange(&gw, case.as_bytes().to_vec()).await;
+        let t = text(&resp);
+        assert!(closed, "connection closed for {case:?}");
+        assert!(count_status_lines(&resp) <= 1, "{t}");
+        assert!(t.is_empty() || t.starts_with("HTTP/1.1 400"), "{case:?} got {t}");
+        assert!(up.requests().iter().all(|r| !r.path.contains("smuggled")), "{case:?}");
+    }
+    assert_eq!(up.count(), 0, "{:?}", up.requests().iter().map(|r| &r.uri).collect::<Vec<_>>());
+}
+
+/// A request whose head is valid but whose chunked body is malformed: the
+/// head may already be on its way upstream when the body fails, but the
+/// fault is the client's, so the answer is a 400 (or a close), never a 502
+/// `upstream_connect_error` (which blames, and later would eject, a healthy
+/// endpoint).
+#[tokio::test]
+#[ignore = "BUG: a malformed chunked request body is answered 502 upstream_connect_error (blaming the upstream) instead of 400"]
+async fn malformed_client_body_is_not_blamed_on_the_upstream() {
+    let (gw, _up) = setup().await;
+    let req = "POST /api/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
+    let (resp, closed) = raw_exchange(&gw, req.as_bytes().to_vec()).await;
+    let t = text(&resp);
+    assert!(closed);
+    assert!(t.is_empty() || t.starts_with("HTTP/1.1 400"), "got {t}");
+}
+
+fn head_with_padding(total_pad: usize) -> Vec<u8> {
+    let mut head = b"GET /api/x HTTP/1.1\r\nHost: x\r\n".to_vec();
+    let line = "a".repeat(1000);
+    let mut i = 0;
+    while i * 1000 < total_pad {
+        head.extend_from_slice(format!("X-Pad-{i}: {line}\r\n").as_bytes());
+        i += 1;
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+#[tokio::test]
+async fn header_block_over_64_kib_is_431() {
+    let (gw, up) = setup().await;
+    let (resp, _) = raw_exchange(&gw, head_with_padding(70 * 1024)).await;
+    let t = text(&resp);
+    assert!(t.starts_with("HTTP/1.1 431"), "a 70 KiB head got: {t:?}");
+    assert_eq!(up.count(), 0);
+
+    // A large head under the limit is fine.
+    let (resp, _) = raw_exchange(&gw, head_with_padding(40 * 1024)).await;
+    let t = text(&resp);
+    assert!(t.starts_with("HTTP/1.1 200"), "a 40 KiB head got: {}", t.lines().next().unwrap_or(""));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn garbage_gets_400_or_a_close() {
+    let (gw, up) = setup().await;
+    let cases: [&[u8]; 5] = [
+        b"HELLO THERE\r\n\r\n",
+        b"\x00\x01\x02\x03\xff\xfe\xfd\r\n\r\n",
+        b"GET /api/x HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /api/x HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+        b"GET /api/\x7f\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    for case in cases {
+        let (resp, closed) = raw_exchange(&gw, case.to_vec()).await;
+        let t = text(&resp);
+        assert!(closed, "{case:?}: connection left open");
+        assert!(t.is_empty() || t.starts_with("HTTP/1.1 400"), "{case:?} got {t:?}");
+    }
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn slow_header_sender_is_cut_off() {
+    let (gw, up) = setup().await;
+    let head = format!("GET /api/x HTTP/1.1\r\nHost: slow.example\r\nX-Slow: {}\r\n\r\n", "a".repeat(40));
+    let (_, closed_after, got) = trickle(&gw, head.as_bytes(), Duration::from_millis(100)).await;
+    let took = closed_after.expect("a client sending one byte per 100 ms is never cut off");
+    let t = text(&got);
+    assert!(t.is_empty() || t.starts_with("HTTP/1.1 408"), "{t:?}");
+    assert!(took >= Duration::from_millis(HEADER_READ_TIMEOUT_MS - 50), "cut too early: {took:?}");
+    assert!(took < Duration::from_millis(HEADER_READ_TIMEOUT_MS + 700), "cut after {took:?}");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+#[ignore = "BUG: a connection that sends nothing is never closed (hyper-util's auto builder waits for the first bytes with no timeout; header_read_timeout only starts after it)"]
+async fn silent_client_is_cut_off() {
+    let (gw, _up) = setup().await;
+    let mut tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_to_close(&mut tcp, Duration::from_secs(3)).await;
+    assert!(closed, "a silent connection was still open after 3 s (header_read_timeout = {HEADER_READ_TIMEOUT_MS}ms)");
+    assert!(started.elapsed() < Duration::from_millis(HEADER_READ_TIMEOUT_MS + 700));
+}
+
+#[tokio::test]
+#[ignore = "BUG: a client trickling the HTTP/2 preface (one byte per 100 ms) is not cut off by header_read_timeout"]
+async fn slow_h2_preface_sender_is_cut_off() {
+    let (gw, _up) = setup().await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let (_, closed_after, _) = trickle(&gw, preface, Duration::from_millis(100)).await;
+    let took = closed_after.expect("the connection was never closed");
+    assert!(
+        took < Duration::from_millis(HEADER_READ_TIMEOUT_MS + 700),
+        "a slow h2 preface kept the connection for {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn normal_clients_are_served_during_attacks() {
+    let (gw, up) = setup().await;
+    let proxy = gw.proxy;
+    let mut attackers = Vec::new();
+    // Slow-header senders, silent connections, oversized heads, garbage and smuggling.
+    for i in 0..40 {
+        attackers.push(tokio::spawn(async move {
+            let Ok(tcp) = TcpStream::connect(proxy).await else { return };
+            let (mut rd, mut wr) = tcp.into_split();
+            let payload: Vec<u8> = match i % 5 {
+                0 => b"GET /api/x HTTP/1.1\r\nHost: slow\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n".to_vec(),
+                1 => Vec::new(),
+                2 => head_with_padding(80 * 1024),
+                3 => b"\x00\xffgarbage garbage\r\n\r\n".to_vec(),
+                _ => b"POST /api/a HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            };
+            let trickle = i % 5 == 0;
+            let w = tokio::spawn(async move {
+                for chunk in payload.chunks(if trickle { 1 } else { 16 * 1024 }) {
+                    if wr.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                    if trickle {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                wr
+            });
+            let _ = read_to_close(&mut rd, Duration::from_secs(3)).await;
+            w.abort();
+        }));
+    }
+    // Meanwhile, a well-behaved client on fresh connections is served promptly.
+    let client = http_client();
+    for i in 0..20 {
+        let started = Instant::now();
+        let req = http::Request::get(gw.url(&format!("/api/normal/{i}"))).body(empty()).unwrap();
+        let resp = within(Duration::from_secs(2), "a normal request during the attack", client.request(req))
+            .await
+            .expect("normal request");
+        assert_eq!(resp.status(), 200);
+        assert!(started.elapsed() < Duration::from_secs(1), "normal request {i} took {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for a in attackers {
+        within(Duration::from_secs(5), "attacker task", a).await.unwrap();
+    }
+    let normal = up.requests().iter().filter(|r| r.path.starts_with("/normal/")).count();
+    assert_eq!(normal, 20);
+    assert!(up.requests().iter().all(|r| !r.path.contains("smuggled")));
+    // And after it all.
+    assert_eq!(gw.get("/api/after").await.status, 200);
+}
