@@ -86,6 +86,15 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
 
 fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     runtime(config.gateway.worker_threads).block_on(async move {
+        // Handlers first: a signal that arrives while starting must drain,
+        // not kill (SIGHUP's default action would end the process too).
+        let stop = match StopSignals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("waygate: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let gateway = match Gateway::start(config).await {
             Ok(g) => g,
             Err(e) => {
@@ -94,7 +103,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
             }
         };
         let reloader = path.map(|p| reload::spawn(p, gateway.proxy().clone()));
-        wait_for_stop_signal().await;
+        stop.wait().await;
         if let Some(r) = reloader {
             r.abort();
         }
@@ -103,12 +112,28 @@ fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     })
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    _hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            // Reload listens for SIGHUP itself; this keeps the default action
+            // (terminate) away until it does.
+            _hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

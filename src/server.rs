@@ -12,6 +12,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -158,9 +161,15 @@ impl Connection {
             async move { Ok::<_, Infallible>(fut.await) }
         });
         match &self.tls {
-            None => self.drive(TokioIo::new(stream), svc).await,
+            None => match first_bytes(stream, self.handshake_timeout).await {
+                Ok(io) => self.drive(TokioIo::new(io), svc).await,
+                Err(e) => tracing::debug!(%remote, error = %e, "connection closed before a request"),
+            },
             Some(acceptor) => match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => self.drive(TokioIo::new(tls), svc).await,
+                Ok(Ok(tls)) => match first_bytes(tls, self.handshake_timeout).await {
+                    Ok(io) => self.drive(TokioIo::new(io), svc).await,
+                    Err(e) => tracing::debug!(%remote, error = %e, "connection closed before a request"),
+                },
                 Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
             },
@@ -188,6 +197,77 @@ impl Connection {
             res = conn.as_mut() => log_conn_end(res),
             _ = hard.wait_for(|h| *h) => {}
         }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads a connection's first bytes within `timeout`: enough to tell the
+/// HTTP/2 preface from HTTP/1. hyper-util's auto builder waits for them
+/// without a deadline, so without this a client that connects and sends
+/// nothing (or trickles the preface) would hold its connection forever. The
+/// bytes read are replayed to the protocol through [`Rewind`].
+async fn first_bytes<S: AsyncRead + Unpin>(mut io: S, timeout: Duration) -> std::io::Result<Rewind<S>> {
+    let mut buf = bytes::BytesMut::with_capacity(128);
+    let read = async {
+        loop {
+            if io.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            }
+            let n = buf.len().min(H2_PREFACE.len());
+            if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+                return Ok(());
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => Ok(Rewind { prefix: buf.freeze(), inner: io }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no request head within header_read_timeout")),
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+pub struct Rewind<S> {
+    prefix: bytes::Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -141,7 +141,6 @@ async fn ambiguous_framing_is_rejected_and_never_reaches_an_upstream() {
 /// `upstream_connect_error` (which blames, and later would eject, a healthy
 /// endpoint).
 #[tokio::test]
-#[ignore = "BUG: a malformed chunked request body is answered 502 upstream_connect_error (blaming the upstream) instead of 400"]
 async fn malformed_client_body_is_not_blamed_on_the_upstream() {
     let (gw, _up) = setup().await;
     let req = "POST /api/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n";
@@ -211,7 +210,6 @@ async fn slow_header_sender_is_cut_off() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a connection that sends nothing is never closed (hyper-util's auto builder waits for the first bytes with no timeout; header_read_timeout only starts after it)"]
 async fn silent_client_is_cut_off() {
     let (gw, _up) = setup().await;
     let mut tcp = TcpStream::connect(gw.proxy).await.unwrap();
@@ -222,7 +220,6 @@ async fn silent_client_is_cut_off() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a client trickling the HTTP/2 preface (one byte per 100 ms) is not cut off by header_read_timeout"]
 async fn slow_h2_preface_sender_is_cut_off() {
     let (gw, _up) = setup().await;
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

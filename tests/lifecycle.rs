@@ -240,7 +240,6 @@ fn check_reports_every_error_with_path_line_col() {
 
 /// Two errors in one table: both are errors the file has, so both are listed.
 #[test]
-#[ignore = "BUG: `check` reports only one error per table; an unknown key hides a bad duration in the same [gateway] table"]
 fn check_reports_two_errors_in_one_table() {
     let dir = TempDir::new("check-two");
     let text = "[gateway]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = 30\nbogus_key = true\n";
@@ -273,7 +272,6 @@ fn run_with_an_invalid_config_exits_non_zero_with_the_same_errors() {
 /// must drain and exit 0, not kill the process: the handlers have to be in
 /// place before "waygate listening" is logged (and before the ports accept).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: SIGTERM/SIGINT handlers are installed only after Gateway::start returns; a signal right after the 'listening' log kills the process (status: signal 15/2, not exit 0)"]
 async fn signal_right_after_startup_still_exits_0() {
     let up = Upstream::start("up").await;
     let mut failures = Vec::new();

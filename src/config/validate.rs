@@ -63,14 +63,35 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-fn de<T: DeserializeOwned>(v: Spanned<DeValue<'_>>, errs: &mut Errors) -> Option<T> {
-    match T::deserialize(ValueDeserializer::from(v)) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            errs.toml(e);
-            None
+/// Deserializes one table, reporting every bad key in it: after an error the
+/// key it points at is dropped and the rest is tried again, so `check` lists
+/// all the problems of a table, not only the first. The result is `None` if
+/// the table could not be read at all.
+fn de<T: DeserializeOwned>(mut v: Spanned<DeValue<'_>>, errs: &mut Errors) -> Option<T> {
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..64 {
+        let err = match T::deserialize(ValueDeserializer::from(v.clone())) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        // "missing field `x`" after `x` itself was dropped for a bad value
+        // is a consequence, not a second problem.
+        if removed.iter().any(|k| err.message().contains(&format!("missing field `{k}`"))) {
+            return None;
         }
+        let at = err.span().map(|s| s.start);
+        errs.toml(err);
+        let Some(at) = at else { return None };
+        let DeValue::Table(table) = v.get_mut() else { return None };
+        let key = table
+            .iter()
+            .find(|(k, val)| k.span().contains(&at) || val.span().contains(&at) || val.span().start == at)
+            .map(|(k, _)| k.clone());
+        let Some(key) = key else { return None };
+        table.remove(&key);
+        removed.push(key.get_ref().to_string());
     }
+    None
 }
 
 pub(super) fn parse(text: &str, name: &str) -> Result<Config, ConfigErrors> {

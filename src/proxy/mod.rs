@@ -257,6 +257,13 @@ impl Proxy {
             let outcome = match &result {
                 Ok(Ok(resp)) if resp.status().is_server_error() => Outcome::Http5xx(resp.status().as_u16()),
                 Ok(Ok(_)) => Outcome::Success,
+                Ok(Err(e)) if client_body_failed(e) => {
+                    // The client's body broke (bad chunking, client gone):
+                    // not the upstream's fault, so no outlier/breaker verdict.
+                    drop(ticket.take());
+                    let err = GatewayError::BadRequest { message: format!("the request body could not be read: {e}") };
+                    return error_response(&err, &request_id, ex);
+                }
                 Ok(Err(_)) => Outcome::ConnectError,
                 Err(_) => Outcome::Timeout,
             };
@@ -378,6 +385,19 @@ fn connect_error(
 
 fn timeout_error(service: &Service, endpoint: &Endpoint, timeout: Duration) -> GatewayError {
     GatewayError::UpstreamTimeout { service: service.name.to_string(), endpoint: endpoint.address.to_string(), timeout }
+}
+
+/// Whether an upstream exchange failed because the client's request body
+/// failed while it was being forwarded (hyper reports that as a "user" error).
+fn client_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user()) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Points the request at `endpoint` (absolute-form URI: the pool is keyed by it).
