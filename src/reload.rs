@@ -22,6 +22,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// (truncate + write + rename) is read once, complete.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// Two reads this far apart must agree before a changed file is used.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
 /// Watches `path` and reloads on change or SIGHUP until aborted.
 pub fn spawn(path: PathBuf, proxy: Arc<Proxy>) -> JoinHandle<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
@@ -48,14 +51,26 @@ pub fn spawn(path: PathBuf, proxy: Arc<Proxy>) -> JoinHandle<()> {
                 Some(()) = rx.recv() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while rx.try_recv().is_ok() {}
-                    let _ = reload_if_changed(&path, &proxy, false, &mut last_refused);
+                    if settled(&path).await {
+                        let _ = reload_if_changed(&path, &proxy, false, &mut last_refused);
+                    }
                 }
                 _ = poll.tick() => {
-                    let _ = reload_if_changed(&path, &proxy, false, &mut last_refused);
+                    if settled(&path).await {
+                        let _ = reload_if_changed(&path, &proxy, false, &mut last_refused);
+                    }
                 }
             }
         }
     })
+}
+
+/// Whether the file reads the same twice, [`SETTLE`] apart: an in-place save
+/// (truncate, then write) is not read half-written and refused for it.
+async fn settled(path: &Path) -> bool {
+    let first = std::fs::read(path).ok();
+    tokio::time::sleep(SETTLE).await;
+    first.is_some() && std::fs::read(path).ok() == first
 }
 
 /// A `notify` watch on the file's directory (not the file: an editor's
@@ -63,8 +78,16 @@ pub fn spawn(path: PathBuf, proxy: Arc<Proxy>) -> JoinHandle<()> {
 fn watch_dir(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_os_string());
     let handler = move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        use notify::event::{EventKind, ModifyKind};
+        let Ok(ev) = res else { return };
+        // Only writes, creations, renames and removals of the config file
+        // itself: reads (our own included) and metadata changes are noise.
+        let relevant_kind = matches!(ev.kind, EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any)
+            || matches!(ev.kind, EventKind::Modify(k) if !matches!(k, ModifyKind::Metadata(_)));
+        let our_file = ev.paths.is_empty() || ev.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+        if relevant_kind && our_file {
             // Full channel = a reload is already pending.
             let _ = tx.try_send(());
         }
@@ -102,8 +125,21 @@ fn reload_if_changed(
             return Ok(false);
         }
     };
+    if text.trim().is_empty() {
+        // A truncated file mid-save, or a mistake: an empty config would
+        // drop every route, so it is never applied by a reload.
+        if force {
+            tracing::warn!(target: "waygate::reload", path = %path.display(), "config file is empty; keeping the current config");
+        }
+        return Ok(false);
+    }
     let hash = content_hash(text.as_bytes());
-    if !force && (hash == proxy.snapshot().config.hash || last_refused.as_deref() == Some(hash.as_str())) {
+    if !force && hash == proxy.snapshot().config.hash {
+        // Back to the active content: a later save of the refused file is news again.
+        *last_refused = None;
+        return Ok(false);
+    }
+    if !force && last_refused.as_deref() == Some(hash.as_str()) {
         return Ok(false);
     }
     match apply(&text, path, proxy) {

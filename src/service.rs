@@ -50,22 +50,38 @@ impl Drop for Service {
 impl Service {
     /// Builds a service from its static endpoints and the instances
     /// currently registered under its name.
-    pub fn new(config: ServiceConfig, registered: Vec<Arc<Endpoint>>, metrics: Arc<Metrics>) -> Arc<Service> {
+    /// `previous`: the endpoints of the runtime this one replaces (a reload
+    /// that changed the service's policy); static endpoints with the same
+    /// address keep their state.
+    pub fn new(
+        config: ServiceConfig,
+        registered: Vec<Arc<Endpoint>>,
+        previous: Vec<Arc<Endpoint>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Service> {
         let mut endpoints: Vec<Arc<Endpoint>> = config
             .endpoints
             .iter()
-            .filter_map(|e| match Endpoint::new(&e.address, &e.address, e.weight, Source::Static) {
-                Ok(ep) => Some(Arc::new(ep)),
-                Err(err) => {
-                    // Config validation accepts only host:port, so this is unexpected.
-                    tracing::error!(service = %config.name, endpoint = %e.address, error = %err, "unusable endpoint address");
-                    None
-                }
+            .filter_map(|e| {
+                let old = previous.iter().find(|p| p.source == Source::Static && *p.address == *e.address);
+                let made = match old {
+                    Some(p) if p.weight == e.weight => return Some(p.clone()),
+                    Some(p) => p.updated(&e.address, e.weight),
+                    None => Endpoint::new(&e.address, &e.address, e.weight, Source::Static),
+                };
+                made.map(Arc::new)
+                    .map_err(|err| {
+                        // Config validation accepts only host:port, so this is unexpected.
+                        tracing::error!(service = %config.name, endpoint = %e.address, error = %err, "unusable endpoint address");
+                    })
+                    .ok()
             })
             .collect();
         endpoints.extend(registered);
+        // (Re)make the metric handles: the series may have been removed while
+        // the endpoint was out of every service.
         for ep in &endpoints {
-            ep.metrics.get_or_init(|| metrics.endpoint(&config.name, &ep.address));
+            ep.metrics.store(Some(Arc::new(metrics.endpoint(&config.name, &ep.address))));
         }
         let set = EndpointSet::from_health(endpoints);
         let balancer = balancer::build(&config);
@@ -127,8 +143,8 @@ impl Service {
         let mut endpoints: Vec<Arc<Endpoint>> =
             current.endpoints.iter().filter(|e| e.source == Source::Static).cloned().collect();
         endpoints.extend(registered);
-        for ep in &endpoints {
-            ep.metrics.get_or_init(|| self.metrics.endpoint(&self.name, &ep.address));
+        for ep in endpoints.iter().filter(|e| !current.endpoints.iter().any(|c| Arc::ptr_eq(c, e))) {
+            ep.metrics.store(Some(Arc::new(self.metrics.endpoint(&self.name, &ep.address))));
         }
         // Series of endpoints that left (evicted, deregistered, moved) go too.
         for gone in current.endpoints.iter().filter(|old| !endpoints.iter().any(|e| e.address == old.address)) {

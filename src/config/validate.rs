@@ -346,8 +346,8 @@ pub fn valid_name(s: &str) -> bool {
 
 /// `host:port` with a non-empty host (name, IPv4 or `[IPv6]`) and a port 1-65535.
 pub fn valid_host_port(s: &str) -> bool {
-    if s.parse::<SocketAddr>().is_ok() {
-        return true;
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return a.port() != 0;
     }
     let Some((host, port)) = s.rsplit_once(':') else {
         return false;
@@ -772,7 +772,7 @@ service = "users"
         for ok in ["127.0.0.1:80", "users:3001", "[::1]:8080", "a.b-c.example:65535"] {
             assert!(valid_host_port(ok), "{ok}");
         }
-        for bad in ["127.0.0.1", ":80", "host:0", "host:99999", "a b:80", "http://x:80", ""] {
+        for bad in ["127.0.0.1", ":80", "host:0", "127.0.0.1:0", "host:99999", "a b:80", "http://x:80", ""] {
             assert!(!valid_host_port(bad), "{bad}");
         }
     }

@@ -3,6 +3,7 @@
 //! a round concurrently, each with its own `timeout`. A status in
 //! `expected_status` passes; anything else, a timeout or a connect error fails.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use http::header::{HOST, USER_AGENT};
@@ -26,31 +27,44 @@ pub fn spawn(service: &Arc<Service>) -> Option<tokio::task::JoinHandle<()>> {
 }
 
 async fn run(weak: Weak<Service>, hc: HealthCheckConfig) {
+    let mut probes = JoinSet::new();
     loop {
         tokio::time::sleep(jittered(hc.interval)).await;
+        while probes.try_join_next().is_some() {}
         let Some(service) = weak.upgrade() else { return };
-        let mut probes = JoinSet::new();
+        // Every endpoint on its own task: a probe that hangs until its timeout
+        // delays neither the others nor the next round. An endpoint whose
+        // previous probe is still out is skipped this round.
         for ep in service.endpoints().endpoints.iter().cloned() {
-            let client = service.client.clone();
-            let hc = hc.clone();
+            if ep.stats.probing.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let (client, hc, weak) = (service.client.clone(), hc.clone(), weak.clone());
             probes.spawn(async move {
+                let slot = ProbeSlot(ep.clone());
                 let result = probe(&client, &ep, &hc).await;
-                (ep, result)
+                drop(slot);
+                let Some(service) = weak.upgrade() else { return };
+                let (passed, detail) = match result {
+                    Ok(status) => {
+                        let ok = (hc.expected_status.0..=hc.expected_status.1).contains(&status);
+                        (ok, format!("status {status}"))
+                    }
+                    Err(e) => (false, e),
+                };
+                service.record_check(&ep, passed, &detail, (hc.healthy_threshold, hc.unhealthy_threshold));
             });
         }
-        drop(service);
-        while let Some(joined) = probes.join_next().await {
-            let Ok((ep, result)) = joined else { continue };
-            let Some(service) = weak.upgrade() else { return };
-            let (passed, detail) = match result {
-                Ok(status) => {
-                    let ok = (hc.expected_status.0..=hc.expected_status.1).contains(&status);
-                    (ok, format!("status {status}"))
-                }
-                Err(e) => (false, e),
-            };
-            service.record_check(&ep, passed, &detail, (hc.healthy_threshold, hc.unhealthy_threshold));
-        }
+    }
+}
+
+/// Marks an endpoint's probe as done however the probe task ends (it is
+/// aborted when its service is replaced, and the endpoint may live on).
+struct ProbeSlot(Arc<Endpoint>);
+
+impl Drop for ProbeSlot {
+    fn drop(&mut self) {
+        self.0.stats.probing.store(false, Ordering::Release);
     }
 }
 

@@ -80,9 +80,18 @@ impl Snapshot {
     ) -> Snapshot {
         let mut services = HashMap::with_capacity(config.services.len());
         for svc in &config.services {
-            let reused = previous.and_then(|p| p.services.get(&svc.name)).filter(|old| old.config == *svc).cloned();
-            let service =
-                reused.unwrap_or_else(|| Service::new(svc.clone(), registry.endpoints_of(&svc.name), metrics.clone()));
+            let old = previous.and_then(|p| p.services.get(&svc.name));
+            let service = match old {
+                Some(old) if old.config == *svc => old.clone(),
+                // A changed policy: a new runtime, but the endpoints (and their
+                // health, ejections, counters) carry over.
+                _ => Service::new(
+                    svc.clone(),
+                    registry.endpoints_of(&svc.name),
+                    old.map(|o| o.endpoints().endpoints.clone()).unwrap_or_default(),
+                    metrics.clone(),
+                ),
+            };
             services.insert(svc.name.clone(), service);
         }
         let mut router = Router::new();
@@ -268,7 +277,7 @@ impl Proxy {
                 Err(_) => Outcome::Timeout,
             };
             service.record_outcome(&endpoint, outcome);
-            if let Some(m) = endpoint.metrics.get() {
+            if let Some(m) = endpoint.metrics.load().as_ref() {
                 m.record(outcome);
             }
 

@@ -39,8 +39,9 @@ pub struct Endpoint {
     pub weight: u32,
     pub source: Source,
     pub stats: Arc<EndpointStats>,
-    /// `waygate_upstream_requests_total` handles, set when the endpoint joins its service.
-    pub metrics: std::sync::OnceLock<crate::metrics::EndpointMetrics>,
+    /// `waygate_upstream_requests_total` handles, (re)made each time the
+    /// endpoint joins a service (its series may have been removed meanwhile).
+    pub metrics: arc_swap::ArcSwapOption<crate::metrics::EndpointMetrics>,
 }
 
 impl Endpoint {
@@ -114,6 +115,8 @@ pub struct EndpointStats {
     pub ejected: AtomicBool,
     /// Failed live-traffic attempts in a row (outlier detection).
     pub consecutive_failures: AtomicU32,
+    /// An active check of this endpoint is in flight.
+    pub probing: AtomicBool,
     /// Slow-path health bookkeeping (check counter, ejection history); only
     /// health checks and ejections take it, never a successful request.
     pub book: Mutex<crate::health::HealthBook>,
@@ -131,6 +134,7 @@ impl Default for EndpointStats {
             checked_healthy: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
             book: Mutex::new(Default::default()),
             transition: Mutex::new(Transition {
                 state: EndpointState::Healthy,
