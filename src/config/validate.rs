@@ -81,13 +81,13 @@ fn de<T: DeserializeOwned>(mut v: Spanned<DeValue<'_>>, errs: &mut Errors) -> Op
         }
         let at = err.span().map(|s| s.start);
         errs.toml(err);
-        let Some(at) = at else { return None };
+        let at = at?;
         let DeValue::Table(table) = v.get_mut() else { return None };
         let key = table
             .iter()
             .find(|(k, val)| k.span().contains(&at) || val.span().contains(&at) || val.span().start == at)
             .map(|(k, _)| k.clone());
-        let Some(key) = key else { return None };
+        let key = key?;
         table.remove(&key);
         removed.push(key.get_ref().to_string());
     }
