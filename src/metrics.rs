@@ -144,6 +144,22 @@ impl Metrics {
             registry: r,
             scrape: Mutex::new(()),
         }
+        .with_zero_series()
+    }
+
+    /// Series that exist from the start at 0 (a family with no series would
+    /// be missing from the scrape altogether).
+    fn with_zero_series(self) -> Self {
+        for result in ["success", "failure"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+        self
+    }
+
+    /// Creates a declared service's counters at 0.
+    pub fn declare_service(&self, service: &str) {
+        self.registry_evictions.with_label_values(&[service]);
+        self.retries.with_label_values(&[service]);
     }
 
     /// Handles for one route (made when the route table is built).
@@ -212,6 +228,9 @@ impl Metrics {
             if let Some(b) = &svc.breaker {
                 self.breaker_state.with_label_values(&[name.as_str()]).set(b.phase() as i64);
             }
+        }
+        for name in snap.services.keys() {
+            self.registry_instances.with_label_values(&[name.as_str()]).set(0);
         }
         proxy.registry().with_table(|t| {
             for (name, leases) in t.services() {

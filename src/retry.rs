@@ -125,6 +125,7 @@ mod tests {
             on_status: vec![503],
             budget_ratio: ratio,
             budget_min_per_second: min,
+            per_try_timeout: None,
         }
     }
 

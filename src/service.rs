@@ -78,6 +78,7 @@ impl Service {
             })
             .collect();
         endpoints.extend(registered);
+        metrics.declare_service(&config.name);
         // (Re)make the metric handles: the series may have been removed while
         // the endpoint was out of every service.
         for ep in &endpoints {

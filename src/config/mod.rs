@@ -163,6 +163,9 @@ pub struct RetryConfig {
     pub on_status: Vec<u16>,
     pub budget_ratio: f64,
     pub budget_min_per_second: u32,
+    /// Bound of one attempt (extension); unset = the request's remaining
+    /// `request_timeout`, so a `timeout` can only be retried when this is set.
+    pub per_try_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

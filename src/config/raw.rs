@@ -133,6 +133,7 @@ pub struct RawRetry {
     pub on: Option<Vec<Spanned<String>>>,
     pub budget_ratio: Option<Spanned<f64>>,
     pub budget_min_per_second: Option<Spanned<u32>>,
+    pub per_try_timeout: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -517,6 +517,7 @@ fn check_service(s: RawService, errs: &mut Errors) -> Option<ServiceConfig> {
                 .as_ref()
                 .map(|b| *b.get_ref())
                 .unwrap_or(DEFAULT_RETRY_BUDGET_MIN_PER_SECOND),
+            per_try_timeout: r.per_try_timeout.as_ref().map(|d| nonzero_duration(d, "per_try_timeout", errs)),
         }
     });
     Some(ServiceConfig {

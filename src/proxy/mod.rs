@@ -261,7 +261,10 @@ impl Proxy {
                 set_upstream_uri(&mut parts, &endpoint);
                 Request::from_parts(std::mem::replace(&mut parts, Request::new(()).into_parts().0), body.take())
             };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Some(per_try) = retry.and_then(|r| r.per_try_timeout) {
+                left = left.min(per_try);
+            }
             let result = tokio::time::timeout(left, service.client.request(upstream_req)).await;
             let outcome = match &result {
                 Ok(Ok(resp)) if resp.status().is_server_error() => Outcome::Http5xx(resp.status().as_u16()),
