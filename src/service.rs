@@ -111,8 +111,34 @@ impl Service {
             checker: Mutex::new(None),
             config,
         });
+        service.adopt_endpoints();
         *service.checker.lock().unwrap_or_else(|e| e.into_inner()) = crate::health::checker::spawn(&service);
         service
+    }
+
+    /// Becomes the owner of its endpoints; state left by a policy this
+    /// service no longer has (a reload removed the table) is cleared.
+    fn adopt_endpoints(self: &Arc<Self>) {
+        let _w = self.writer();
+        let set = self.endpoints.load_full();
+        let mut changed = false;
+        for ep in &set.endpoints {
+            ep.stats.set_owner(self);
+            if self.config.health_check.is_none() && !ep.stats.checked_healthy.load(Ordering::Acquire) {
+                ep.stats.checked_healthy.store(true, Ordering::Release);
+                *ep.stats.book() = Default::default();
+                crate::health::note_transition(&self.name, ep, "health_check removed from the config".into());
+                changed = true;
+            }
+            if self.config.outlier_detection.is_none() && ep.stats.ejected.load(Ordering::Acquire) {
+                ep.stats.ejected.store(false, Ordering::Release);
+                crate::health::note_transition(&self.name, ep, "outlier_detection removed from the config".into());
+                changed = true;
+            }
+        }
+        if changed {
+            self.refresh_locked();
+        }
     }
 
     /// Held while changing the endpoint snapshot.
@@ -138,7 +164,7 @@ impl Service {
     }
 
     /// Replaces the registered endpoints (static ones stay as they are).
-    pub fn set_registered(&self, registered: Vec<Arc<Endpoint>>) {
+    pub fn set_registered(self: &Arc<Self>, registered: Vec<Arc<Endpoint>>) {
         let _w = self.writer();
         let current = self.endpoints.load();
         let mut endpoints: Vec<Arc<Endpoint>> =
@@ -146,6 +172,7 @@ impl Service {
         endpoints.extend(registered);
         for ep in endpoints.iter().filter(|e| !current.endpoints.iter().any(|c| Arc::ptr_eq(c, e))) {
             ep.metrics.store(Some(Arc::new(self.metrics.endpoint(&self.name, &ep.address))));
+            ep.stats.set_owner(self);
         }
         // Series of endpoints that left (evicted, deregistered, moved) go too.
         for gone in current.endpoints.iter().filter(|old| !endpoints.iter().any(|e| e.address == old.address)) {

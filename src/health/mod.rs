@@ -148,16 +148,24 @@ impl Service {
                 humantime::format_duration(duration)
             ),
         );
-        let (svc, ep) = (Arc::downgrade(self), ep.clone());
+        let ep = ep.clone();
         tokio::spawn(async move {
             tokio::time::sleep(duration).await;
-            let Some(svc) = svc.upgrade() else { return };
-            let _w = svc.writer();
+            // The service that holds the endpoint now: a reload may have
+            // replaced the one that ejected it.
+            let owner = ep.stats.owner();
+            let _w = owner.as_ref().map(|s| s.writer());
             ep.stats.ejected.store(false, Ordering::Release);
             ep.stats.consecutive_failures.store(0, Ordering::Relaxed);
             ep.stats.book().returned_at = Some(Instant::now());
-            svc.refresh_locked();
-            note_transition(&svc.name, &ep, format!("ejection ended after {}", humantime::format_duration(duration)));
+            if let Some(svc) = &owner {
+                svc.refresh_locked();
+                note_transition(
+                    &svc.name,
+                    &ep,
+                    format!("ejection ended after {}", humantime::format_duration(duration)),
+                );
+            }
         });
     }
 

@@ -117,6 +117,9 @@ pub struct EndpointStats {
     pub consecutive_failures: AtomicU32,
     /// An active check of this endpoint is in flight.
     pub probing: AtomicBool,
+    /// The service runtime that holds this endpoint now (timers that outlive
+    /// a reload find the current one through it).
+    pub owner: Mutex<std::sync::Weak<crate::service::Service>>,
     /// Slow-path health bookkeeping (check counter, ejection history); only
     /// health checks and ejections take it, never a successful request.
     pub book: Mutex<crate::health::HealthBook>,
@@ -135,6 +138,7 @@ impl Default for EndpointStats {
             ejected: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
             probing: AtomicBool::new(false),
+            owner: Mutex::new(std::sync::Weak::new()),
             book: Mutex::new(Default::default()),
             transition: Mutex::new(Transition {
                 state: EndpointState::Healthy,
@@ -175,6 +179,14 @@ impl EndpointStats {
         } else {
             EndpointState::Healthy
         }
+    }
+
+    pub fn owner(&self) -> Option<Arc<crate::service::Service>> {
+        self.owner.lock().unwrap_or_else(|e| e.into_inner()).upgrade()
+    }
+
+    pub fn set_owner(&self, service: &Arc<crate::service::Service>) {
+        *self.owner.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(service);
     }
 
     pub fn book(&self) -> std::sync::MutexGuard<'_, crate::health::HealthBook> {
