@@ -87,13 +87,6 @@ impl Service {
         let set = EndpointSet::from_health(endpoints);
         let balancer = balancer::build(&config);
         balancer.update(&set);
-        if !balancer::implemented(config.balancer) {
-            tracing::warn!(
-                service = %config.name,
-                balancer = config.balancer.as_str(),
-                "this balancer is not implemented yet; the service is balanced round robin"
-            );
-        }
         let service = Arc::new(Service {
             name: config.name.as_str().into(),
             client: client::build(config.connect_timeout),

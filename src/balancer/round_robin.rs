@@ -10,7 +10,6 @@ use crate::registry::EndpointSet;
 #[derive(Debug)]
 pub struct RoundRobin {
     next: AtomicUsize,
-    kind: BalancerKind,
 }
 
 impl Default for RoundRobin {
@@ -21,14 +20,7 @@ impl Default for RoundRobin {
 
 impl RoundRobin {
     pub fn new() -> Self {
-        RoundRobin { next: AtomicUsize::new(0), kind: BalancerKind::RoundRobin }
-    }
-
-    /// Round robin serving a service configured with another strategy that is
-    /// not implemented yet; reports that kind so the admin API stays truthful
-    /// about the configuration while the log says what actually runs.
-    pub fn standing_in_for(kind: BalancerKind) -> Self {
-        RoundRobin { next: AtomicUsize::new(0), kind }
+        RoundRobin { next: AtomicUsize::new(0) }
     }
 }
 
@@ -50,7 +42,7 @@ impl Balancer for RoundRobin {
     }
 
     fn kind(&self) -> BalancerKind {
-        self.kind
+        BalancerKind::RoundRobin
     }
 }
 

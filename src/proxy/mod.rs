@@ -27,8 +27,9 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::balancer::PickContext;
+use crate::balancer::{p2c_ewma, PickContext};
 use crate::breaker::Ticket;
+use crate::config::BalancerKind;
 use crate::config::{Config, RouteConfig};
 use crate::error::GatewayError;
 use crate::health::Outcome;
@@ -265,7 +266,16 @@ impl Proxy {
             if let Some(per_try) = retry.and_then(|r| r.per_try_timeout) {
                 left = left.min(per_try);
             }
+            // Latency feeds p2c_ewma's estimate; other balancers skip the clock read.
+            let p2c = service.balancer().kind() == BalancerKind::P2cEwma;
+            let sent_at = p2c.then(Instant::now);
             let result = tokio::time::timeout(left, service.client.request(upstream_req)).await;
+            if let Some(t) = sent_at {
+                // Responses and timeouts are latency; a refused connection says nothing about it.
+                if !matches!(result, Ok(Err(_))) {
+                    p2c_ewma::observe(&endpoint.stats, t.elapsed(), p2c_ewma::now_ns(), p2c_ewma::DEFAULT_DECAY);
+                }
+            }
             let outcome = match &result {
                 Ok(Ok(resp)) if resp.status().is_server_error() => Outcome::Http5xx(resp.status().as_u16()),
                 Ok(Ok(_)) => Outcome::Success,
