@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus::IntCounter;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -163,14 +164,19 @@ impl Service {
         let mut endpoints: Vec<Arc<Endpoint>> =
             current.endpoints.iter().filter(|e| e.source == Source::Static).cloned().collect();
         endpoints.extend(registered);
-        for ep in endpoints.iter().filter(|e| !current.endpoints.iter().any(|c| Arc::ptr_eq(c, e))) {
+        // Linear in the fleet size: a service with thousands of registered
+        // instances is republished on every registration.
+        let before: HashSet<*const Endpoint> = current.endpoints.iter().map(Arc::as_ptr).collect();
+        let addresses: HashSet<&str> = endpoints.iter().map(|e| &*e.address).collect();
+        for ep in endpoints.iter().filter(|e| !before.contains(&Arc::as_ptr(e))) {
             ep.metrics.store(Some(Arc::new(self.metrics.endpoint(&self.name, &ep.address))));
             ep.stats.set_owner(self);
         }
         // Series of endpoints that left (evicted, deregistered, moved) go too.
-        for gone in current.endpoints.iter().filter(|old| !endpoints.iter().any(|e| e.address == old.address)) {
+        for gone in current.endpoints.iter().filter(|old| !addresses.contains(&*old.address)) {
             self.metrics.remove_endpoint(&self.name, &gone.address);
         }
+        drop(addresses);
         self.store_locked(EndpointSet::from_health(endpoints));
     }
 
