@@ -175,14 +175,15 @@ impl Metrics {
 
     /// Handles for one endpoint of a service.
     pub fn endpoint(&self, service: &str, endpoint: &str) -> EndpointMetrics {
-        let c = |o: &str| self.upstream_requests.with_label_values(&[service, endpoint, o]);
-        EndpointMetrics { outcomes: [c("success"), c("http_5xx"), c("connect_error"), c("timeout")] }
+        EndpointMetrics {
+            outcomes: Outcome::ALL.map(|o| self.upstream_requests.with_label_values(&[service, endpoint, o.label()])),
+        }
     }
 
     /// Drops the series of an endpoint that left its service.
     pub fn remove_endpoint(&self, service: &str, endpoint: &str) {
-        for o in ["success", "http_5xx", "connect_error", "timeout"] {
-            let _ = self.upstream_requests.remove_label_values(&[service, endpoint, o]);
+        for o in Outcome::ALL {
+            let _ = self.upstream_requests.remove_label_values(&[service, endpoint, o.label()]);
         }
     }
 
@@ -311,13 +312,7 @@ pub struct EndpointMetrics {
 
 impl EndpointMetrics {
     pub fn record(&self, outcome: Outcome) {
-        let i = match outcome {
-            Outcome::Success => 0,
-            Outcome::Http5xx(_) => 1,
-            Outcome::ConnectError => 2,
-            Outcome::Timeout => 3,
-        };
-        self.outcomes[i].inc();
+        self.outcomes[outcome.index()].inc();
     }
 }
 

@@ -140,6 +140,14 @@ impl Service {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Stops the active checker (the service was replaced by a reload; the
+    /// replacement runs its own).
+    pub fn stop_checker(&self) {
+        if let Some(t) = self.checker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
+        }
+    }
+
     /// Recomputes availability from the endpoints' health flags; the caller
     /// holds [`Service::writer`].
     pub(crate) fn refresh_locked(&self) {

@@ -178,13 +178,13 @@ fn ms_since(t: tokio::time::Instant) -> u64 {
 
 /// One instance as SPEC §4 lists it.
 pub fn instance_json(ep: &Endpoint, lease: Option<&Lease>) -> Value {
-    let state = ep.stats.transition().state;
+    let expired = ep.stats.transition().state == EndpointState::Expired;
     json!({
         "id": ep.id.as_ref(),
         "address": ep.address.as_ref(),
         "source": ep.source.as_str(),
-        "healthy": !matches!(state, EndpointState::Unhealthy | EndpointState::Expired),
-        "ejected": state == EndpointState::Ejected,
+        "healthy": !expired && ep.stats.checked_healthy.load(std::sync::atomic::Ordering::Acquire),
+        "ejected": ep.stats.ejected.load(std::sync::atomic::Ordering::Acquire),
         "active_requests": ep.stats.active(),
         "weight": ep.weight,
         "metadata": lease.map(|l| Value::Object(l.metadata.clone())).unwrap_or_else(|| json!({})),

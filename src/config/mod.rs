@@ -310,13 +310,8 @@ impl Config {
     }
 }
 
-/// A 64-bit FNV-1a digest as hex: stable, dependency-free, good enough to tell
-/// two config files apart (not a security boundary).
+/// A stable 64-bit digest as hex, enough to tell two config files apart
+/// (not a security boundary).
 pub fn content_hash(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::balancer::hash_bytes(bytes))
 }

@@ -59,6 +59,18 @@ impl Outcome {
         }
     }
 
+    /// One of each kind, in [`Outcome::index`] order.
+    pub const ALL: [Outcome; 4] = [Outcome::Success, Outcome::Http5xx(500), Outcome::ConnectError, Outcome::Timeout];
+
+    pub fn index(self) -> usize {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Http5xx(_) => 1,
+            Outcome::ConnectError => 2,
+            Outcome::Timeout => 3,
+        }
+    }
+
     /// The `outcome` label of `waygate_upstream_requests_total`.
     pub fn label(self) -> &'static str {
         match self {
@@ -112,6 +124,9 @@ impl Service {
         let Some(od) = &self.config.outlier_detection else { return };
         let _w = self.writer();
         ep.stats.consecutive_failures.store(0, Ordering::Relaxed);
+        if !self.owns(ep) {
+            return; // a request that started before a reload replaced this service
+        }
         if ep.stats.ejected.load(Ordering::Acquire) {
             return;
         }
@@ -169,10 +184,18 @@ impl Service {
         });
     }
 
+    /// Whether this runtime is the one that currently holds `ep`.
+    fn owns(self: &Arc<Self>, ep: &Endpoint) -> bool {
+        ep.stats.owner().is_some_and(|o| Arc::ptr_eq(&o, self))
+    }
+
     /// Applies one active check result.
-    pub fn record_check(&self, ep: &Arc<Endpoint>, passed: bool, detail: &str, thresholds: (u32, u32)) {
+    pub fn record_check(self: &Arc<Self>, ep: &Arc<Endpoint>, passed: bool, detail: &str, thresholds: (u32, u32)) {
         let (healthy_threshold, unhealthy_threshold) = thresholds;
         let _w = self.writer();
+        if !self.owns(ep) {
+            return; // a probe of a service a reload has replaced
+        }
         let changed = ep.stats.book().counter.record(passed, healthy_threshold, unhealthy_threshold);
         let Some(healthy) = changed else { return };
         ep.stats.checked_healthy.store(healthy, Ordering::Release);

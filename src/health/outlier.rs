@@ -1,7 +1,7 @@
 //! Passive outlier detection: pure decisions over a run of live-traffic
 //! outcomes. `consecutive_failures` failures in a row (connect errors,
-//! timeouts, 5xx) eject an endpoint for `base_ejection_time` × the number of
-//! times it was ejected, capped at `max_ejection_time`; the run of ejections
+//! timeouts, 5xx) eject an endpoint for `base_ejection_time`, doubled for
+//! each repeated ejection (SPEC §2), capped at `max_ejection_time`; the run of ejections
 //! is forgotten once the endpoint has stayed in for `max_ejection_time`.
 //! `max_ejection_percent` is counted after the ejection, and the last
 //! available endpoint is never ejected.
@@ -22,7 +22,8 @@ pub fn may_eject(cfg: &OutlierConfig, total: usize, ejected: usize, available: u
 
 /// How long the `times`-th ejection (1-based) lasts.
 pub fn ejection_time(cfg: &OutlierConfig, times: u32) -> Duration {
-    cfg.base_ejection_time.saturating_mul(times.max(1)).min(cfg.max_ejection_time)
+    let doublings = times.max(1).saturating_sub(1).min(20);
+    cfg.base_ejection_time.saturating_mul(1 << doublings).min(cfg.max_ejection_time)
 }
 
 #[cfg(test)]
@@ -60,7 +61,8 @@ mod tests {
     fn ejection_time_grows_and_is_capped() {
         let c = cfg(50);
         assert_eq!(ejection_time(&c, 1), Duration::from_secs(30));
-        assert_eq!(ejection_time(&c, 3), Duration::from_secs(90));
+        assert_eq!(ejection_time(&c, 2), Duration::from_secs(60));
+        assert_eq!(ejection_time(&c, 3), Duration::from_secs(120));
         assert_eq!(ejection_time(&c, 50), Duration::from_secs(300));
     }
 }

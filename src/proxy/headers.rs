@@ -84,13 +84,14 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 /// Appends the client address to `X-Forwarded-For`, sets `X-Forwarded-Proto`
 /// and `X-Forwarded-Host` (the host the client asked for).
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>) {
-    let mut buf = [0u8; 512];
+    let mut buf = [0u8; 1024];
     let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let existing = headers.get(&X_FORWARDED_FOR).filter(|v| v.len() < 400);
-    let ok = match existing {
-        Some(prev) => cur.write_all(prev.as_bytes()).and_then(|_| write!(cur, ", {client}")),
-        None => write!(cur, "{client}"),
-    };
+    // Every incoming X-Forwarded-For line is part of the chain.
+    let mut ok = Ok(());
+    for prev in headers.get_all(&X_FORWARDED_FOR) {
+        ok = ok.and_then(|_| cur.write_all(prev.as_bytes())).and_then(|_| cur.write_all(b", "));
+    }
+    let ok = ok.and_then(|_| write!(cur, "{client}"));
     if ok.is_ok() {
         let n = cur.position() as usize;
         if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
@@ -100,6 +101,21 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: O
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if tls { "https" } else { "http" }));
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+    }
+}
+
+/// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 upstream
+/// expects one line, joined with "; " (RFC 9113 §8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else { return };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -229,6 +245,22 @@ mod tests {
         set_forwarded(&mut h, "::1".parse().unwrap(), true, None);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn forwarded_for_keeps_every_line() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2")]);
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), false, None);
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+    }
+
+    #[test]
+    fn h2_cookie_fields_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2");
     }
 
     #[test]

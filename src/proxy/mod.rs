@@ -162,8 +162,13 @@ impl Proxy {
         self.registry.with_table(|t| {
             let old = self.snapshot.load_full();
             let new = Snapshot::build(config, Some(&old), t, &self.metrics);
-            // Endpoint series of services or endpoints that are gone.
+            // Endpoint series of services or endpoints that are gone; the
+            // checkers of replaced runtimes stop (in-flight requests may keep
+            // them alive a while, but they no longer decide anything).
             for (name, svc) in &old.services {
+                if !new.services.get(name).is_some_and(|n| Arc::ptr_eq(n, svc)) {
+                    svc.stop_checker();
+                }
                 let now = new.services.get(name).map(|s| s.endpoints());
                 for ep in svc.endpoints().endpoints.iter() {
                     if !now.as_ref().is_some_and(|n| n.endpoints.iter().any(|e| e.address == ep.address)) {
@@ -200,6 +205,43 @@ impl Proxy {
         }
         ex.hold_service(service.clone());
 
+        let hash = service.request_hash(&parts, conn.remote.ip());
+        let upgrade = headers::wants_upgrade(&parts.headers, parts.version);
+        rewrite_request(&mut parts, &route.config, prefix_end, conn, upgrade);
+        ex.set_trace_id(headers::propagate_traceparent(&mut parts.headers));
+        let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
+        // request_timeout bounds the whole exchange until the response head,
+        // retries included.
+        let deadline = tokio::time::Instant::now() + timeout;
+
+        // Retries need a body that can be sent again.
+        let retry =
+            service.config.retry.as_ref().filter(|r| !upgrade && r.attempts > 0 && retry::idempotent(&parts.method));
+        if let (Some(_), Some(budget)) = (retry, &service.budget) {
+            budget.deposit();
+        }
+        let mut body = match retry {
+            // Bounded by the request's deadline: a client that stalls its
+            // body holds its slot no longer than request_timeout.
+            Some(_) => match tokio::time::timeout_at(deadline, ReplayBody::hold(body, &parts.headers)).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    let err = GatewayError::BadRequest { message: format!("cannot read the request body: {e}") };
+                    return error_response(&err, &request_id, ex);
+                }
+                Err(_) => {
+                    let err = GatewayError::BadRequest {
+                        message: format!(
+                            "the request body did not arrive within {}",
+                            humantime::format_duration(timeout)
+                        ),
+                    };
+                    return error_response(&err, &request_id, ex);
+                }
+            },
+            None => ReplayBody::Stream(Some(body)),
+        };
+
         // Circuit breaker, outside the retries: a request counts once.
         let mut ticket = match &service.breaker {
             Some(b) => match b.try_acquire() {
@@ -212,15 +254,6 @@ impl Proxy {
             None => None,
         };
 
-        let hash = service.request_hash(&parts, conn.remote.ip());
-        let upgrade = headers::wants_upgrade(&parts.headers, parts.version);
-        rewrite_request(&mut parts, &route.config, prefix_end, conn, upgrade);
-        ex.set_trace_id(headers::propagate_traceparent(&mut parts.headers));
-        let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
-        // request_timeout bounds the whole exchange until the response head,
-        // retries included.
-        let deadline = tokio::time::Instant::now() + timeout;
-
         if upgrade {
             let Some(endpoint) = service.pick(&PickContext { hash, avoid: &[] }) else {
                 let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
@@ -228,32 +261,15 @@ impl Proxy {
             };
             set_upstream_uri(&mut parts, &endpoint);
             ex.use_endpoint(endpoint);
-            return self.tunnel(parts, body, &route, timeout, request_id, ex).await;
+            return self.tunnel(parts, body.take(), &route, timeout, request_id, ex).await;
         }
-
-        // Retries need a body that can be sent again.
-        let retry = service.config.retry.as_ref().filter(|r| r.attempts > 0 && retry::idempotent(&parts.method));
-        if let (Some(_), Some(budget)) = (retry, &service.budget) {
-            budget.deposit();
-        }
-        let mut body = match retry {
-            Some(_) => match ReplayBody::hold(body, &parts.headers).await {
-                Ok(b) => b,
-                Err(e) => {
-                    drop(ticket.take());
-                    let err = GatewayError::BadRequest { message: format!("cannot read the request body: {e}") };
-                    return error_response(&err, &request_id, ex);
-                }
-            },
-            None => ReplayBody::Stream(Some(body)),
-        };
 
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let Some(mut endpoint) = service.pick(&PickContext { hash, avoid: &[] }) else {
+            let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
+            return error_response(&err, &request_id, ex);
+        };
         loop {
-            let Some(endpoint) = service.pick(&PickContext { hash, avoid: &tried }) else {
-                let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
-                return error_response(&err, &request_id, ex);
-            };
             ex.use_endpoint(endpoint.clone());
             let may_retry = retry.is_some_and(|r| tried.len() < r.attempts as usize) && body.replayable();
             let upstream_req = if may_retry {
@@ -294,33 +310,29 @@ impl Proxy {
                 m.record(outcome);
             }
 
-            let retry_status = match &result {
-                Ok(Ok(resp)) => retry.is_some_and(|r| retry::retryable_status(r, resp.status().as_u16())),
-                _ => false,
-            };
-            if may_retry
-                && (retry.is_some_and(|r| retry::retryable(r, outcome)) || retry_status)
-                && tokio::time::Instant::now() < deadline
-                && service.budget.as_ref().is_some_and(|b| b.withdraw())
-            {
-                tracing::debug!(service = %service.name, endpoint = %endpoint.address, outcome = %outcome.describe(), "retrying on another endpoint");
-                service.note_retry();
-                tried.push(endpoint);
-                continue;
+            let wants_retry = may_retry
+                && retry.is_some_and(|r| match &result {
+                    Ok(Ok(resp)) => retry::retryable_status(r, resp.status().as_u16()),
+                    _ => retry::retryable(r, outcome),
+                })
+                && tokio::time::Instant::now() < deadline;
+            if wants_retry {
+                // The next endpoint is chosen before the budget is spent: with
+                // none left, the client gets this attempt's real answer.
+                tried.push(endpoint.clone());
+                let next = service.pick(&PickContext { hash, avoid: &tried });
+                if let Some(next) = next.filter(|_| service.budget.as_ref().is_some_and(|b| b.withdraw())) {
+                    tracing::debug!(service = %service.name, endpoint = %endpoint.address, outcome = %outcome.describe(), "retrying on another endpoint");
+                    service.note_retry();
+                    endpoint = next;
+                    continue;
+                }
             }
 
             if let Some(t) = ticket.take() {
                 t.finish(!outcome.is_failure());
             }
-            return match result {
-                Ok(Ok(resp)) => upstream_response(resp, &request_id, ex),
-                Ok(Err(e)) => {
-                    let err = connect_error(service, &endpoint, e);
-                    tracing::debug!(error = %err, "upstream request failed");
-                    error_response(&err, &request_id, ex)
-                }
-                Err(_) => error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex),
-            };
+            return answer(result, service, &endpoint, timeout, &request_id, ex);
         }
     }
 
@@ -336,7 +348,7 @@ impl Proxy {
     async fn tunnel(
         &self,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: UpstreamBody,
         route: &RouteEntry,
         timeout: Duration,
         request_id: HeaderValue,
@@ -346,14 +358,14 @@ impl Proxy {
         let service = &route.service;
         let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
             // HTTP/2 requests cannot upgrade this way; treat as a plain request.
-            let req = Request::from_parts(parts, UpstreamBody::Stream(body));
-            return match tokio::time::timeout(timeout, service.client.request(req)).await {
-                Ok(Ok(resp)) => upstream_response(resp, &request_id, ex),
-                Ok(Err(e)) => error_response(&connect_error(service, &endpoint, e), &request_id, ex),
-                Err(_) => error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex),
-            };
+            let req = Request::from_parts(parts, body);
+            let result = tokio::time::timeout(timeout, service.client.request(req)).await;
+            return answer(result, service, &endpoint, timeout, &request_id, ex);
         };
-        let req = Request::from_parts(parts, UpstreamBody::Stream(body));
+        // A connection of our own speaks origin-form (`GET /path`), unlike
+        // the pooled client, which converts the absolute URI itself.
+        parts.uri = parts.uri.path_and_query().map(|pq| Uri::from(pq.clone())).unwrap_or_default();
+        let req = Request::from_parts(parts, body);
         let sent =
             tokio::time::timeout(timeout, client::send_upgrade(&endpoint.address, service.config.connect_timeout, req))
                 .await;
@@ -390,6 +402,26 @@ impl Proxy {
             }
         });
         Response::from_parts(head, ResponseBody::empty())
+    }
+}
+
+/// The client's answer for an attempt's result.
+fn answer<E: std::error::Error + Send + Sync + 'static>(
+    result: Result<Result<Response<Incoming>, E>, tokio::time::error::Elapsed>,
+    service: &Service,
+    endpoint: &Endpoint,
+    timeout: Duration,
+    request_id: &HeaderValue,
+    ex: Exchange,
+) -> Response<ResponseBody> {
+    match result {
+        Ok(Ok(resp)) => upstream_response(resp, request_id, ex),
+        Ok(Err(e)) => {
+            let err = connect_error(service, endpoint, e);
+            tracing::debug!(error = %err, "upstream request failed");
+            error_response(&err, request_id, ex)
+        }
+        Err(_) => error_response(&timeout_error(service, endpoint, timeout), request_id, ex),
     }
 }
 
@@ -501,6 +533,9 @@ fn rewrite_request(
         None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
+    }
     headers::set_forwarded(&mut parts.headers, conn.remote.ip(), conn.tls, host.as_ref());
     if let Some(h) = host {
         // Host is kept as the client sent it (HTTP/2 requests carry it in :authority).
