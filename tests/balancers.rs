@@ -13,7 +13,6 @@
 //! (the address for static endpoints), so a second gateway over the same
 //! addresses minus one shows where the ring sends that one's keys.
 
-mod gw_helpers;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,12 +21,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gw_helpers::*;
-use http::{Method, Request, Uri};
+use http::{Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use support::admin::*;
 use support::*;
 
 // ---------------------------------------------------------------------------
@@ -59,25 +58,9 @@ async fn instance_for(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) ->
     served_by(&r, &format!("GET {path} {headers:?}"))
 }
 
-/// One request to the admin listener.
-async fn admin(gw: &TestGateway, method: Method, path: &str, body: TestBody) -> Resp {
-    let req = Request::builder()
-        .method(method.clone())
-        .uri(gw.admin_url(path))
-        .header("content-type", "application/json")
-        .body(body)
-        .unwrap();
-    let what = format!("admin {method} {path}");
-    let resp =
-        within(EXCHANGE_TIMEOUT, &what, gw.client.request(req)).await.unwrap_or_else(|e| panic!("{what}: {e:?}"));
-    within(EXCHANGE_TIMEOUT, &what, Resp::collect(resp)).await
-}
-
 /// Registers an instance with a weight; asserts the 200 answer.
 async fn register_weighted(gw: &TestGateway, service: &str, id: &str, address: &str, weight: u32) {
-    let body = json!({ "service": service, "id": id, "address": address, "weight": weight });
-    let r = admin(gw, Method::POST, "/registry", full(body.to_string())).await;
-    assert_eq!(r.status, 200, "POST /registry {body}: {}", r.text());
+    register_json(gw, &json!({ "service": service, "id": id, "address": address, "weight": weight })).await;
 }
 
 /// How often each instance appears in `seq`.
@@ -389,7 +372,7 @@ async fn consistent_hash_deregistering_an_instance_moves_only_its_keys() {
     // Deregister the instance with the most keys.
     let gone = busiest(&before);
     let gone_up = ups.iter().find(|u| u.name() == gone).unwrap();
-    let r = admin(&gw, Method::DELETE, &format!("/registry/svc/{gone}"), empty()).await;
+    let r = admin_delete(&gw, &format!("/registry/svc/{gone}")).await;
     assert_eq!(r.status, 204, "DELETE: {}", r.text());
     let probe = keys_of(&before, &gone)[0].clone();
     eventually(Duration::from_secs(1), "the deregistered instance's keys move", || async {

@@ -11,12 +11,11 @@
 //! dead port refuses them. Live traffic is counted without the checks
 //! ([`live_requests`]).
 
-mod gw_helpers;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use gw_helpers::*;
+use support::admin::*;
 use support::*;
 
 const HEALTH_CHECK: &str = "[services.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n";

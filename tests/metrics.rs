@@ -5,15 +5,14 @@
 //! endpoint series disappear when the endpoint leaves (eviction,
 //! deregistration, reload).
 
-mod gw_helpers;
 mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use gw_helpers::*;
 use http::Request;
+use support::admin::*;
 use support::*;
 
 /// Runs `promtool check metrics` on `text` (stdin): (success, its output).
@@ -84,17 +83,10 @@ fn assert_spec_families(m: &Scrape) {
     }
 }
 
-/// `DELETE path` on the admin listener.
-async fn admin_delete(gw: &TestGateway, path: &str) -> Resp {
-    let req = Request::delete(gw.admin_url(path)).body(empty()).unwrap();
-    let resp = within(EXCHANGE_TIMEOUT, path, gw.client.request(req)).await.expect("admin DELETE");
-    within(EXCHANGE_TIMEOUT, path, Resp::collect(resp)).await
-}
-
 /// Heartbeats every 50 ms until aborted (bounded to 30 s).
 fn keep_registered(gw: &TestGateway, service: &str, id: &str, address: &str) -> tokio::task::JoinHandle<()> {
     let (client, uri) = (gw.client.clone(), gw.admin_url("/registry"));
-    let body = serde_json::json!({ "service": service, "id": id, "address": address }).to_string();
+    let body = registration(service, id, address).to_string();
     tokio::spawn(async move {
         for _ in 0..600 {
             let req = Request::post(uri.clone()).body(full(body.clone())).unwrap();

@@ -17,27 +17,15 @@ use http::{Method, Request};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use support::admin::*;
 use support::*;
 
 // ---------------------------------------------------------------------------
 // Helpers (local to this file)
 // ---------------------------------------------------------------------------
 
-/// One request to the admin listener.
-async fn admin(gw: &TestGateway, method: Method, path: &str, headers: &[(&str, &str)], body: TestBody) -> Resp {
-    let mut req = Request::builder().method(method.clone()).uri(gw.admin_url(path));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(body).unwrap();
-    let what = format!("admin {method} {path}");
-    let resp =
-        within(EXCHANGE_TIMEOUT, &what, gw.client.request(req)).await.unwrap_or_else(|e| panic!("{what}: {e:?}"));
-    within(EXCHANGE_TIMEOUT, &what, Resp::collect(resp)).await
-}
-
 async fn post_registry(gw: &TestGateway, body: &Value) -> Resp {
-    post_registry_with(gw, body, &[]).await
+    admin_post_json(gw, "/registry", body).await
 }
 
 async fn post_registry_with(gw: &TestGateway, body: &Value, headers: &[(&str, &str)]) -> Resp {
@@ -48,16 +36,6 @@ async fn post_registry_with(gw: &TestGateway, body: &Value, headers: &[(&str, &s
 
 async fn delete_instance(gw: &TestGateway, service: &str, id: &str, headers: &[(&str, &str)]) -> Resp {
     admin(gw, Method::DELETE, &format!("/registry/{service}/{id}"), headers, empty()).await
-}
-
-fn reg(service: &str, id: &str, address: &str) -> Value {
-    json!({ "service": service, "id": id, "address": address })
-}
-
-/// Registers and asserts the 200 answer.
-async fn register(gw: &TestGateway, body: &Value) {
-    let r = post_registry(gw, body).await;
-    assert_eq!(r.status, 200, "POST /registry {body}: {}", r.text());
 }
 
 /// `GET /registry` with the fields that move by themselves (the time of the
@@ -95,45 +73,6 @@ fn find<'a>(list: &'a [Value], id: &str) -> Option<&'a Value> {
 async fn listed(gw: &TestGateway, service: &str, id: &str) -> bool {
     let v = gw.admin_get("/registry").await.json();
     v["services"][service].as_array().is_some_and(|l| find(l, id).is_some())
-}
-
-/// The sum of the samples of `name` whose labels include all of `labels`
-/// in a Prometheus text exposition (0 when there is none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut total = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let (n, lbls) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        if labels.iter().all(|(k, v)| lbls.split(',').any(|p| p == format!("{k}=\"{v}\""))) {
-            total += value.parse::<f64>().unwrap_or_else(|_| panic!("bad sample: {line}"));
-        }
-    }
-    total
-}
-
-async fn scrape(gw: &TestGateway) -> String {
-    let r = gw.admin_get("/metrics").await;
-    assert_eq!(r.status, 200);
-    r.text()
-}
-
-/// Asserts a JSON error answer of the admin API; returns its body.
-fn assert_admin_error(r: &Resp, status: u16, what: &str) -> Value {
-    assert_eq!(r.status.as_u16(), status, "{what}: {}", r.text());
-    assert!(
-        r.header("content-type").is_some_and(|c| c.starts_with("application/json")),
-        "{what}: content-type {:?}",
-        r.header("content-type")
-    );
-    let v = r.json();
-    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {v}");
-    v
 }
 
 /// A body sent without a size hint, so HTTP/1.1 sends it chunked.
@@ -220,7 +159,7 @@ async fn registered_instance_gets_traffic_and_heartbeat_renews() {
     let ago = list[0]["last_heartbeat_ms_ago"].as_u64().unwrap();
     assert!(ago < 300, "the heartbeat renewed the lease: last_heartbeat_ms_ago {ago}");
     let metrics = scrape(&gw).await;
-    assert_eq!(metric(&metrics, "waygate_registry_instances", &[("service", "svc")]), 1.0, "{metrics}");
+    assert_eq!(metrics.sum("waygate_registry_instances", &[("service", "svc")]), 1.0, "{}", metrics.text);
 
     for _ in 0..5 {
         assert_eq!(gw.get("/api/again").await.instance(), Some("reg-1"));
@@ -232,7 +171,7 @@ async fn listing_shows_every_field() {
     let st = Upstream::start("static").await;
     let up = Upstream::start("reg").await;
     let gw = TestGateway::start(&registry_config("heartbeat_ttl = \"20s\"", &[st.endpoint()])).await;
-    register(
+    register_json(
         &gw,
         &json!({
             "service": "svc", "id": "svc-reg", "address": up.endpoint(),
@@ -302,7 +241,7 @@ async fn listing_shows_every_field() {
 
     // Unknown service: 404 JSON.
     let r = gw.admin_get("/registry/nope").await;
-    assert_admin_error(&r, 404, "GET /registry/nope");
+    assert_json_error(&r, 404, "GET /registry/nope");
 
     // Both instances take traffic (round robin, the weight aside).
     let seen = spray(&gw, "/api/x", 12).await;
@@ -313,7 +252,7 @@ async fn listing_shows_every_field() {
 async fn unrouted_service_is_kept_and_listed() {
     let up = Upstream::start("lonely").await;
     let gw = TestGateway::start(&registry_config("heartbeat_ttl = \"20s\"", &[])).await;
-    register(&gw, &json!({ "service": "nobody-routes-me", "id": "n-1", "address": up.endpoint() })).await;
+    register_json(&gw, &json!({ "service": "nobody-routes-me", "id": "n-1", "address": up.endpoint() })).await;
 
     let list = instances(&gw, "nobody-routes-me").await;
     assert_eq!(list.len(), 1);
@@ -325,7 +264,7 @@ async fn unrouted_service_is_kept_and_listed() {
     // The declared service is still listed next to it.
     assert!(gw.admin_get("/registry").await.json()["services"].get("svc").is_some());
     // Heartbeats keep working for it, and it can be deregistered.
-    register(&gw, &json!({ "service": "nobody-routes-me", "id": "n-1", "address": up.endpoint() })).await;
+    register_json(&gw, &json!({ "service": "nobody-routes-me", "id": "n-1", "address": up.endpoint() })).await;
     assert_eq!(instances(&gw, "nobody-routes-me").await.len(), 1);
     let r = delete_instance(&gw, "nobody-routes-me", "n-1", &[]).await;
     assert_eq!(r.status, 204, "{}", r.text());
@@ -362,17 +301,17 @@ async fn lapsed_lease_is_evicted_and_traffic_stops_within_a_second() {
     let st = Upstream::start("static").await;
     let up = Upstream::start("leased").await;
     let gw = TestGateway::start(&registry_config("heartbeat_ttl = \"300ms\"", &[st.endpoint()])).await;
-    let body = reg("svc", "leased-1", &up.endpoint());
-    let evictions_before = metric(&scrape(&gw).await, "waygate_registry_evictions_total", &[("service", "svc")]);
+    let body = registration("svc", "leased-1", &up.endpoint());
+    let evictions_before = scrape(&gw).await.sum("waygate_registry_evictions_total", &[("service", "svc")]);
 
     // Heartbeats every 100 ms keep it alive for well over one TTL.
-    register(&gw, &body).await;
+    register_json(&gw, &body).await;
     let kept_until = Instant::now() + TTL * 3;
     let mut last_beat = Instant::now();
     let mut beats = 0;
     while Instant::now() < kept_until && beats < 50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        register(&gw, &body).await;
+        register_json(&gw, &body).await;
         last_beat = Instant::now();
         beats += 1;
         assert!(listed(&gw, "svc", "leased-1").await, "evicted although heartbeats came every 100 ms");
@@ -407,11 +346,11 @@ async fn lapsed_lease_is_evicted_and_traffic_stops_within_a_second() {
     let s = find(eps, &st.endpoint()).unwrap_or_else(|| panic!("{u}"));
     assert_eq!(s["state"], "healthy", "{s}");
     let metrics = scrape(&gw).await;
-    let evictions = metric(&metrics, "waygate_registry_evictions_total", &[("service", "svc")]);
-    assert_eq!(evictions, evictions_before + 1.0, "{metrics}");
+    let evictions = metrics.sum("waygate_registry_evictions_total", &[("service", "svc")]);
+    assert_eq!(evictions, evictions_before + 1.0, "{}", metrics.text);
 
     // A new heartbeat brings it back.
-    register(&gw, &body).await;
+    register_json(&gw, &body).await;
     eventually(Duration::from_secs(1), "the re-registered instance answers again", || async {
         spray(&gw, "/api/back", 2).await.iter().any(|s| s == "leased")
     })
@@ -423,7 +362,7 @@ async fn delete_deregisters_and_unknown_is_404() {
     let st = Upstream::start("static").await;
     let up = Upstream::start("gone").await;
     let gw = TestGateway::start(&registry_config("heartbeat_ttl = \"20s\"", &[st.endpoint()])).await;
-    register(&gw, &reg("svc", "gone-1", &up.endpoint())).await;
+    register_json(&gw, &registration("svc", "gone-1", &up.endpoint())).await;
     eventually(Duration::from_secs(1), "the instance answers", || async {
         spray(&gw, "/api/x", 2).await.iter().any(|s| s == "gone")
     })
@@ -443,7 +382,7 @@ async fn delete_deregisters_and_unknown_is_404() {
     let state = registry_state(&gw).await;
     for (service, id) in [("svc", "gone-1"), ("svc", "never"), ("nope", "x")] {
         let r = delete_instance(&gw, service, id, &[]).await;
-        assert_admin_error(&r, 404, &format!("DELETE /registry/{service}/{id}"));
+        assert_json_error(&r, 404, &format!("DELETE /registry/{service}/{id}"));
     }
     // A static endpoint is not a registration: it cannot be deleted.
     let r = delete_instance(&gw, "svc", &st.endpoint(), &[]).await;
@@ -457,10 +396,10 @@ async fn heartbeat_with_a_new_address_updates_in_place() {
     let old = Upstream::start("old").await;
     let new = Upstream::start("new").await;
     let gw = TestGateway::start(&registry_config("heartbeat_ttl = \"20s\"", &[])).await;
-    register(&gw, &json!({ "service": "svc", "id": "mover", "address": old.endpoint(), "weight": 1 })).await;
+    register_json(&gw, &json!({ "service": "svc", "id": "mover", "address": old.endpoint(), "weight": 1 })).await;
     assert_eq!(spray(&gw, "/api/x", 3).await, ["old", "old", "old"]);
 
-    register(
+    register_json(
         &gw,
         &json!({ "service": "svc", "id": "mover", "address": new.endpoint(), "weight": 2, "metadata": {"v": 2} }),
     )
@@ -490,7 +429,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let up = Upstream::start("reg").await;
     let gw = TestGateway::start(&registry_config("heartbeat_ttl = \"20s\"", &[st.endpoint()])).await;
     let good = json!({ "service": "svc", "id": "keep", "address": up.endpoint(), "weight": 2, "metadata": {"k": "v"} });
-    register(&gw, &good).await;
+    register_json(&gw, &good).await;
     let registered = Instant::now();
     let state = registry_state(&gw).await;
     let addr = up.endpoint();
@@ -531,7 +470,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     ];
     for (body, field) in &field_cases {
         let r = post_registry(&gw, body).await;
-        let v = assert_admin_error(&r, 400, &format!("POST {body}"));
+        let v = assert_json_error(&r, 400, &format!("POST {body}"));
         assert_eq!(v["field"], *field, "POST {body} must name the field: {v}");
         assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
         assert_eq!(registry_state(&gw).await, state, "POST {body} changed the registry");
@@ -551,7 +490,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         let what = format!("POST {:?}", String::from_utf8_lossy(raw));
         let r =
             admin(&gw, Method::POST, "/registry", &[("content-type", "application/json")], full(raw.to_vec())).await;
-        assert_admin_error(&r, 400, &what);
+        assert_json_error(&r, 400, &what);
         assert_eq!(registry_state(&gw).await, state, "{what} changed the registry");
     }
 
@@ -569,7 +508,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     ] {
         let what = format!("{method} {path}");
         let r = admin(&gw, method, path, &[("content-type", "application/json")], full(good.to_string())).await;
-        assert_admin_error(&r, 405, &what);
+        assert_json_error(&r, 405, &what);
         assert!(r.header("allow").is_some(), "{what}: 405 without Allow");
         assert_eq!(registry_state(&gw).await, state, "{what} changed the registry");
     }
@@ -578,14 +517,14 @@ async fn bad_input_is_refused_and_changes_nothing() {
     // otherwise valid registrations that would move the instance.
     let big = padded_registration("svc", "keep", &st.endpoint(), 64 * 1024 + 1);
     let r = admin(&gw, Method::POST, "/registry", &[("content-type", "application/json")], full(big.clone())).await;
-    assert_admin_error(&r, 413, "POST 64 KiB + 1 with Content-Length");
+    assert_json_error(&r, 413, "POST 64 KiB + 1 with Content-Length");
     assert_eq!(registry_state(&gw).await, state, "the 413 (Content-Length) changed the registry");
     let bigger = padded_registration("svc", "keep", &st.endpoint(), 200 * 1024);
     let r = admin(&gw, Method::POST, "/registry", &[("content-type", "application/json")], chunked(bigger)).await;
-    assert_admin_error(&r, 413, "POST 200 KiB chunked");
+    assert_json_error(&r, 413, "POST 200 KiB chunked");
     assert_eq!(registry_state(&gw).await, state, "the 413 (chunked) changed the registry");
     let r = admin(&gw, Method::POST, "/registry", &[], chunked(big)).await;
-    assert_admin_error(&r, 413, "POST 64 KiB + 1 chunked");
+    assert_json_error(&r, 413, "POST 64 KiB + 1 chunked");
     assert_eq!(registry_state(&gw).await, state, "the 413 (chunked) changed the registry");
 
     // None of it renewed the lease of `keep` either.
@@ -601,7 +540,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
 async fn token_guards_writes_and_reads_stay_open() {
     let up = Upstream::start("reg").await;
     let gw = TestGateway::start(&registry_config("heartbeat_ttl = \"20s\"\ntoken = \"s3cret-token\"", &[])).await;
-    let body = reg("svc", "t-1", &up.endpoint());
+    let body = registration("svc", "t-1", &up.endpoint());
     let state = registry_state(&gw).await;
 
     for (headers, what) in [
@@ -614,12 +553,12 @@ async fn token_guards_writes_and_reads_stay_open() {
         (vec![("authorization", "Bearer ")], "an empty token"),
     ] {
         let r = post_registry_with(&gw, &body, &headers).await;
-        assert_admin_error(&r, 401, &format!("POST with {what}"));
+        assert_json_error(&r, 401, &format!("POST with {what}"));
         assert_eq!(registry_state(&gw).await, state, "POST with {what} changed the registry");
     }
     // 401 comes before the body is looked at: a bad body without a token is still 401.
     let r = post_registry(&gw, &json!({ "service": "bad name" })).await;
-    assert_admin_error(&r, 401, "bad body without a token");
+    assert_json_error(&r, 401, "bad body without a token");
 
     // Reads need no token.
     assert_eq!(gw.admin_get("/registry").await.status, 200);
@@ -639,12 +578,12 @@ async fn token_guards_writes_and_reads_stay_open() {
     // DELETE is a write too.
     for (headers, what) in [(vec![], "no Authorization"), (vec![("authorization", "Bearer nope")], "wrong token")] {
         let r = delete_instance(&gw, "svc", "t-1", &headers).await;
-        assert_admin_error(&r, 401, &format!("DELETE with {what}"));
+        assert_json_error(&r, 401, &format!("DELETE with {what}"));
         assert_eq!(registry_state(&gw).await, state, "DELETE with {what} changed the registry");
     }
     // Bad input with the right token is judged on its own (400, not 401).
     let r = post_registry_with(&gw, &json!({ "service": "svc", "id": "t-1", "address": "nope" }), &auth).await;
-    assert_eq!(assert_admin_error(&r, 400, "bad address with token")["field"], "address");
+    assert_eq!(assert_json_error(&r, 400, "bad address with token")["field"], "address");
     assert_eq!(registry_state(&gw).await, state);
 
     let r = delete_instance(&gw, "svc", "t-1", &auth).await;
@@ -656,9 +595,9 @@ async fn token_guards_writes_and_reads_stay_open() {
 async fn registry_paths_on_the_proxy_port_register_nothing() {
     let up = Upstream::start("reg").await;
     let gw = TestGateway::start(&registry_config("heartbeat_ttl = \"20s\"", &[])).await;
-    register(&gw, &reg("svc", "present", &up.endpoint())).await;
+    register_json(&gw, &registration("svc", "present", &up.endpoint())).await;
     let state = registry_state(&gw).await;
-    let body = reg("svc", "sneaky", &up.endpoint()).to_string();
+    let body = registration("svc", "sneaky", &up.endpoint()).to_string();
 
     for (method, path) in [
         (Method::POST, "/registry"),
@@ -688,8 +627,8 @@ async fn port_zero_is_not_a_usable_address() {
     let gw = TestGateway::start(&registry_config("heartbeat_ttl = \"20s\"", &[])).await;
     let state = registry_state(&gw).await;
     for address in ["localhost:0", "127.0.0.1:0", "[::1]:0"] {
-        let r = post_registry(&gw, &reg("svc", "zero", address)).await;
-        let v = assert_admin_error(&r, 400, &format!("address {address}"));
+        let r = post_registry(&gw, &registration("svc", "zero", address)).await;
+        let v = assert_json_error(&r, 400, &format!("address {address}"));
         assert_eq!(v["field"], "address", "{v}");
         assert_eq!(registry_state(&gw).await, state, "address {address} changed the registry");
     }
@@ -712,7 +651,7 @@ async fn snapshot_keeps_leases_across_a_restart() {
     let config = snapshot_config(&path, &[]);
 
     let mut first = TestGateway::start_with("drain_timeout = \"2s\"", &config).await;
-    register(
+    register_json(
         &first,
         &json!({
             "service": "svc", "id": "survivor-1", "address": up.endpoint(), "weight": 4, "metadata": {"az": "b"}
@@ -720,7 +659,7 @@ async fn snapshot_keeps_leases_across_a_restart() {
     )
     .await;
     let beat = Instant::now();
-    register(&first, &reg("elsewhere", "e-1", "127.0.0.1:9")).await;
+    register_json(&first, &registration("elsewhere", "e-1", "127.0.0.1:9")).await;
     assert_eq!(first.get("/api/x").await.instance(), Some("survivor"));
     // Let the lease age, so "remaining TTL" differs from a fresh one.
     eventually(Duration::from_secs(3), "the lease ages by 1200 ms", || async {
@@ -794,7 +733,7 @@ async fn corrupt_snapshot_is_ignored() {
         assert_eq!(gw.get("/api/x").await.instance(), Some("static"));
 
         // The registry works, and the file is replaced by a valid snapshot.
-        register(&gw, &reg("svc", "fresh", &up.endpoint())).await;
+        register_json(&gw, &registration("svc", "fresh", &up.endpoint())).await;
         eventually(Duration::from_secs(3), "a valid snapshot replaces the corrupt file", || async {
             std::fs::read(&path)
                 .ok()
@@ -826,8 +765,8 @@ async fn snapshot_follows_changes_without_a_clean_shutdown() {
     let pair = |s: &str, i: &str| (s.to_string(), i.to_string());
 
     let first = TestGateway::start(&config).await;
-    register(&first, &reg("svc", "kept", &up.endpoint())).await;
-    register(&first, &reg("svc", "dropped", "127.0.0.1:9")).await;
+    register_json(&first, &registration("svc", "kept", &up.endpoint())).await;
+    register_json(&first, &registration("svc", "dropped", "127.0.0.1:9")).await;
     eventually(Duration::from_secs(2), "both leases are in the snapshot", || async {
         snapshot_ids(&path) == Some(vec![pair("svc", "dropped"), pair("svc", "kept")])
     })
@@ -855,7 +794,7 @@ async fn leases_that_lapsed_while_the_gateway_was_down_are_not_restored() {
     let config =
         registry_config(&format!("heartbeat_ttl = \"300ms\"\nsnapshot = {:?}", path.display().to_string()), &[]);
     let mut first = TestGateway::start_with("drain_timeout = \"2s\"", &config).await;
-    register(&first, &reg("svc", "short", "127.0.0.1:9")).await;
+    register_json(&first, &registration("svc", "short", "127.0.0.1:9")).await;
     let beat = Instant::now();
     within(Duration::from_secs(10), "shutdown", first.begin_shutdown()).await.expect("shutdown task");
     assert!(snapshot_ids(&path).is_some_and(|ids| ids.len() == 1), "the snapshot holds the lease");
@@ -876,9 +815,9 @@ async fn token_env_guards_writes() {
     std::env::set_var(VAR, "from-the-env");
     let up = Upstream::start("reg").await;
     let gw = TestGateway::start(&registry_config(&format!("token_env = \"{VAR}\""), &[])).await;
-    let body = reg("svc", "env-1", &up.endpoint());
-    assert_admin_error(&post_registry(&gw, &body).await, 401, "no token");
-    assert_admin_error(&post_registry_with(&gw, &body, &[("authorization", "Bearer nope")]).await, 401, "wrong token");
+    let body = registration("svc", "env-1", &up.endpoint());
+    assert_json_error(&post_registry(&gw, &body).await, 401, "no token");
+    assert_json_error(&post_registry_with(&gw, &body, &[("authorization", "Bearer nope")]).await, 401, "wrong token");
     assert!(!listed(&gw, "svc", "env-1").await);
     let r = post_registry_with(&gw, &body, &[("authorization", "Bearer from-the-env")]).await;
     assert_eq!(r.status, 200, "{}", r.text());

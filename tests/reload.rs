@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Method, Request};
-use serde_json::{json, Value};
+use http::Request;
+use serde_json::Value;
+use support::admin::*;
 use support::*;
 use tokio::task::JoinHandle;
 use waygate::config::content_hash;
@@ -92,14 +93,8 @@ impl Reloading {
         eventually(RELOAD_WITHIN, what, || async { self.active_hash().await == hash }).await;
     }
 
-    async fn metrics(&self) -> String {
-        let r = self.gw.admin_get("/metrics").await;
-        assert_eq!(r.status, 200);
-        r.text()
-    }
-
     async fn reloads(&self, result: &str) -> f64 {
-        metric(&self.metrics().await, "waygate_config_reloads_total", &[("result", result)])
+        scrape(&self.gw).await.sum("waygate_config_reloads_total", &[("result", result)])
     }
 
     /// The instance that answered `GET path`, or the status of a gateway error.
@@ -118,52 +113,6 @@ impl Drop for Reloading {
     }
 }
 
-/// The sum of the samples of `name` whose labels include all of `labels`
-/// in a Prometheus text exposition (0 when there is none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples(text, name)
-        .into_iter()
-        .filter(|(lbls, _)| labels.iter().all(|(k, v)| lbls.iter().any(|(lk, lv)| lk == k && lv == v)))
-        .map(|(_, v)| v)
-        .sum()
-}
-
-/// Every sample of `name`: (labels, value).
-fn samples(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let (n, lbls) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        let labels = lbls
-            .split(',')
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-            .collect();
-        out.push((labels, value.parse::<f64>().unwrap_or_else(|_| panic!("bad sample: {line}"))));
-    }
-    out
-}
-
-async fn register(gw: &TestGateway, service: &str, id: &str, address: &str) -> Value {
-    let body = json!({ "service": service, "id": id, "address": address }).to_string();
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(gw.admin_url("/registry"))
-        .header("content-type", "application/json")
-        .body(full(body))
-        .unwrap();
-    let resp = within(EXCHANGE_TIMEOUT, "POST /registry", gw.client.request(req)).await.expect("POST /registry");
-    let r = Resp::collect(resp).await;
-    assert_eq!(r.status, 200, "POST /registry {service}/{id}: {}", r.text());
-    r.json()
-}
-
 async fn registered_ids(gw: &TestGateway, service: &str) -> Vec<String> {
     let v = gw.admin_get("/registry").await.json();
     let mut ids: Vec<String> = v["services"][service]
@@ -174,20 +123,6 @@ async fn registered_ids(gw: &TestGateway, service: &str) -> Vec<String> {
         .unwrap_or_default();
     ids.sort();
     ids
-}
-
-/// `/admin/upstreams` → the entry of one service.
-async fn upstream_entry(gw: &TestGateway, service: &str) -> Value {
-    let v = gw.admin_get("/admin/upstreams").await.json();
-    v["services"][service].clone()
-}
-
-/// The state of the endpoint at `address` in `/admin/upstreams`.
-async fn endpoint_state(gw: &TestGateway, service: &str, address: &str) -> String {
-    let entry = upstream_entry(gw, service).await;
-    let eps = entry["endpoints"].as_array().unwrap_or_else(|| panic!("no endpoints for {service}: {entry}"));
-    let ep = eps.iter().find(|e| e["address"] == address).unwrap_or_else(|| panic!("{address} not in {entry}"));
-    ep["state"].as_str().unwrap().to_string()
 }
 
 fn routes(prefixes: &[(&str, &str)]) -> String {
@@ -407,14 +342,14 @@ async fn admin_config_hash_and_config_info_follow_reloads() {
     let hash1 = info1["hash"].as_str().unwrap().to_string();
     assert!(!hash1.is_empty() && info1["loaded_at"].is_string(), "{info1}");
 
-    let check_gauge = |text: String, hash: String| {
-        let info = samples(&text, "waygate_config_info");
+    let check_gauge = |m: Scrape, hash: String| {
+        let info: Vec<&Sample> = m.find("waygate_config_info", &[]).collect();
         assert_eq!(info.len(), 1, "exactly one waygate_config_info series: {info:?}");
-        let (labels, value) = &info[0];
+        let Sample { labels, value, .. } = info[0];
         assert_eq!(value, &1.0);
-        assert!(labels.iter().any(|(k, v)| k == "hash" && *v == hash), "{labels:?} vs /admin/config hash {hash}");
+        assert_eq!(labels.get("hash"), Some(&hash), "{labels:?} vs /admin/config hash {hash}");
     };
-    check_gauge(r.metrics().await, hash1.clone());
+    check_gauge(scrape(&r.gw).await, hash1.clone());
 
     let mut previous = (hash1, info1["loaded_at"].as_str().unwrap().to_string());
     for (i, body) in [
@@ -431,7 +366,7 @@ async fn admin_config_hash_and_config_info_follow_reloads() {
         assert_eq!(info["hash"], expected.as_str());
         assert_ne!(info["loaded_at"], previous.1.as_str(), "loaded_at moves on reload: {info}");
         assert_eq!(info["path"], r.path.display().to_string(), "{info}");
-        check_gauge(r.metrics().await, expected.clone());
+        check_gauge(scrape(&r.gw).await, expected.clone());
         previous = (expected, info["loaded_at"].as_str().unwrap().to_string());
     }
     assert_eq!(r.who("/a2/x").await, "a");
@@ -486,8 +421,8 @@ async fn registrations_and_an_open_breaker_survive_a_reload_of_another_service()
     assert_gateway_error(&resp, 503, "circuit_open");
     assert!(resp.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1)), "Retry-After");
     assert_eq!(up_a.count(), a_count, "nothing reached a's upstream");
-    let m = r.metrics().await;
-    assert_eq!(metric(&m, "waygate_circuit_breaker_state", &[("service", "a")]), 1.0, "{m}");
+    let m = scrape(&r.gw).await;
+    assert_eq!(m.sum("waygate_circuit_breaker_state", &[("service", "a")]), 1.0, "{}", m.text);
 
     // Registrations: all kept, and the changed service b still routes to its one.
     assert_eq!(registered_ids(&r.gw, "b").await, ["b-reg-1"]);
@@ -537,7 +472,7 @@ fn ejection_service(name: &str, good: &Upstream, bad: &Upstream, extra: &str) ->
 async fn eject(r: &Reloading, service: &str, bad: &Upstream) {
     eventually(Duration::from_secs(3), &format!("{} of {service} is ejected", bad.endpoint()), || async {
         let _ = r.gw.get(&format!("/{service}/x")).await;
-        endpoint_state(&r.gw, service, &bad.endpoint()).await == "ejected"
+        endpoint_state(&r.gw, service, &bad.endpoint()).await.0 == "ejected"
     })
     .await;
 }
@@ -560,7 +495,7 @@ async fn ejection_of_an_unchanged_service_survives_a_reload() {
 
     let hash = r.write_in_place(&body("request_timeout = \"3s\""));
     r.wait_active(&hash, "the reload of other").await;
-    assert_eq!(endpoint_state(&r.gw, "e", &bad.endpoint()).await, "ejected");
+    assert_eq!(endpoint_state(&r.gw, "e", &bad.endpoint()).await.0, "ejected");
     let before = bad.count();
     for _ in 0..6 {
         assert_eq!(r.who("/e/y").await, "good");
@@ -580,7 +515,7 @@ async fn a_service_whose_policy_changed_keeps_its_endpoint_health() {
     let hash =
         r.write_in_place(&(ejection_service("e", &good, &bad, "request_timeout = \"3s\"") + &routes(&[("/e", "e")])));
     r.wait_active(&hash, "the reload of e").await;
-    assert_eq!(endpoint_state(&r.gw, "e", &bad.endpoint()).await, "ejected", "ejection survives a policy change");
+    assert_eq!(endpoint_state(&r.gw, "e", &bad.endpoint()).await.0, "ejected", "ejection survives a policy change");
     let before = bad.count();
     let mut seen = Vec::new();
     for _ in 0..6 {
@@ -613,12 +548,12 @@ async fn an_ejection_still_ends_on_time_after_a_policy_reload() {
     let hash = r.write_and_rename(&service("request_timeout = \"4s\""));
     r.wait_active(&hash, "the reload of e").await;
     assert!(ejected_at.elapsed() < EJECTION, "the reload took longer than the ejection; the test proves nothing");
-    assert_eq!(endpoint_state(&r.gw, "e", &bad.endpoint()).await, "ejected", "the ejection carried over");
+    assert_eq!(endpoint_state(&r.gw, "e", &bad.endpoint()).await.0, "ejected", "the ejection carried over");
 
     // It must still end after base_ejection_time (+ 1 s of slack).
     let deadline = ejected_at + EJECTION + Duration::from_secs(1);
     eventually(deadline.saturating_duration_since(Instant::now()), "the ejection ends", || async {
-        endpoint_state(&r.gw, "e", &bad.endpoint()).await == "healthy"
+        endpoint_state(&r.gw, "e", &bad.endpoint()).await.0 == "healthy"
     })
     .await;
     let before = bad.count();
@@ -640,7 +575,7 @@ async fn removing_the_health_check_readmits_an_endpoint_it_had_failed() {
     let eps = [good.endpoint(), bad.endpoint()];
     let r = Reloading::start(&(service_toml("h", &eps, checks) + &routes(&[("/h", "h")]))).await;
     eventually(Duration::from_secs(3), "the active check marks bad unhealthy", || async {
-        endpoint_state(&r.gw, "h", &bad.endpoint()).await == "unhealthy"
+        endpoint_state(&r.gw, "h", &bad.endpoint()).await.0 == "unhealthy"
     })
     .await;
 
@@ -658,7 +593,7 @@ async fn removing_the_health_check_readmits_an_endpoint_it_had_failed() {
         bad.count() > before
     })
     .await;
-    assert_eq!(endpoint_state(&r.gw, "h", &bad.endpoint()).await, "healthy");
+    assert_eq!(endpoint_state(&r.gw, "h", &bad.endpoint()).await.0, "healthy");
 }
 
 // ---------------------------------------------------------------------------

@@ -8,13 +8,12 @@
 //! amplified beyond the retry budget; the concurrency limit sheds load at
 //! once; a hanging upstream is cut at `request_timeout` (or the route's).
 
-mod gw_helpers;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use gw_helpers::*;
 use http::{Method, Request};
+use support::admin::*;
 use support::*;
 
 fn total(ups: &[&Upstream]) -> usize {

@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
+
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
@@ -684,16 +686,24 @@ pub fn gateway_toml(gateway_extra: &str, body: &str) -> String {
     format!("[gateway]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{gateway_extra}\n\n{body}")
 }
 
-/// Asserts a gateway-made error answer (SPEC §3): status, JSON body with
-/// `error`, a `message` and a `request_id` equal to the `x-request-id` header.
-pub fn assert_gateway_error(resp: &Resp, status: u16, kind: &str) -> serde_json::Value {
-    assert_eq!(resp.status.as_u16(), status, "body: {}", resp.text());
+/// Asserts a JSON error answer (gateway-made or of the admin API): status, a
+/// JSON content type, and a non-empty `error`; returns the body.
+pub fn assert_json_error(resp: &Resp, status: u16, what: &str) -> serde_json::Value {
+    assert_eq!(resp.status.as_u16(), status, "{what}: {}", resp.text());
     assert!(
         resp.header("content-type").is_some_and(|c| c.starts_with("application/json")),
-        "content-type: {:?}",
+        "{what}: content-type {:?}",
         resp.header("content-type")
     );
     let v = resp.json();
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {v}");
+    v
+}
+
+/// Asserts a gateway-made error answer (SPEC §3): status, JSON body with
+/// `error`, a `message` and a `request_id` equal to the `x-request-id` header.
+pub fn assert_gateway_error(resp: &Resp, status: u16, kind: &str) -> serde_json::Value {
+    let v = assert_json_error(resp, status, kind);
     assert_eq!(v["error"], kind, "{v}");
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     let id = v["request_id"].as_str().unwrap_or_else(|| panic!("no request_id: {v}"));

@@ -1,17 +1,15 @@
-//! Helpers shared by `tests/resilience.rs`, `tests/health.rs` and
-//! `tests/metrics.rs` (on top of `tests/support`): reading `/admin/upstreams`
-//! and `/metrics`, sending any method, registry writes, and counting only the
+//! Admin-listener and `/metrics` helpers (`use support::admin::*;`): requests
+//! to the admin API, registry writes, reading `/admin/upstreams`, a parser for
+//! the Prometheus text exposition, sending any method, and counting only the
 //! requests an upstream got from live traffic (not from health checks).
-
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::support::*;
+use super::*;
 
 /// The health-check path the tests configure.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -44,23 +42,46 @@ pub async fn timed<T>(fut: impl std::future::Future<Output = T>) -> (T, Duration
     (out, start.elapsed())
 }
 
-/// `POST path` on the admin listener with a JSON body.
-pub async fn admin_post_json(gw: &TestGateway, path: &str, body: &Value) -> Resp {
-    let req = Request::post(gw.admin_url(path))
-        .header("content-type", "application/json")
-        .body(full(body.to_string()))
-        .unwrap();
-    let what = format!("admin POST {path}");
+/// One request to the admin listener.
+pub async fn admin(gw: &TestGateway, method: Method, path: &str, headers: &[(&str, &str)], body: TestBody) -> Resp {
+    let mut req = Request::builder().method(method.clone()).uri(gw.admin_url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body).unwrap();
+    let what = format!("admin {method} {path}");
     let resp =
         within(EXCHANGE_TIMEOUT, &what, gw.client.request(req)).await.unwrap_or_else(|e| panic!("{what}: {e:?}"));
     within(EXCHANGE_TIMEOUT, &what, Resp::collect(resp)).await
 }
 
-/// Registers (or renews) an instance through `POST /registry`; asserts 200.
-pub async fn register(gw: &TestGateway, service: &str, id: &str, address: &str) {
-    let body = serde_json::json!({ "service": service, "id": id, "address": address });
-    let r = admin_post_json(gw, "/registry", &body).await;
+/// `POST path` on the admin listener with a JSON body.
+pub async fn admin_post_json(gw: &TestGateway, path: &str, body: &Value) -> Resp {
+    admin(gw, Method::POST, path, &[("content-type", "application/json")], full(body.to_string())).await
+}
+
+/// `DELETE path` on the admin listener.
+pub async fn admin_delete(gw: &TestGateway, path: &str) -> Resp {
+    admin(gw, Method::DELETE, path, &[], empty()).await
+}
+
+/// The `POST /registry` body of an instance.
+pub fn registration(service: &str, id: &str, address: &str) -> Value {
+    json!({ "service": service, "id": id, "address": address })
+}
+
+/// Registers (or renews) an instance through `POST /registry` with this body;
+/// asserts 200 and returns the answer.
+pub async fn register_json(gw: &TestGateway, body: &Value) -> Value {
+    let r = admin_post_json(gw, "/registry", body).await;
     assert_eq!(r.status, 200, "POST /registry {body}: {}", r.text());
+    r.json()
+}
+
+/// Registers (or renews) an instance through `POST /registry`; asserts 200
+/// and returns the answer.
+pub async fn register(gw: &TestGateway, service: &str, id: &str, address: &str) -> Value {
+    register_json(gw, &registration(service, id, address)).await
 }
 
 // ---------------------------------------------------------------------------
@@ -71,6 +92,11 @@ pub async fn upstreams(gw: &TestGateway) -> Value {
     let r = gw.admin_get("/admin/upstreams").await;
     assert_eq!(r.status, 200, "/admin/upstreams: {}", r.text());
     r.json()
+}
+
+/// The `/admin/upstreams` entry of one service (`null` when it is not listed).
+pub async fn upstream_entry(gw: &TestGateway, service: &str) -> Value {
+    upstreams(gw).await["services"][service].clone()
 }
 
 /// The `/admin/upstreams` entry of one endpoint of a service.
