@@ -15,6 +15,7 @@ pub mod demo;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod otlp;
 pub mod proxy;
 pub mod registry;
 pub mod reload;
@@ -58,6 +59,8 @@ pub struct Gateway {
     tasks: Vec<JoinHandle<()>>,
     /// Sweeper, snapshot writer: aborted at shutdown.
     background: Vec<JoinHandle<()>>,
+    /// The OTLP exporter and its task (with `[telemetry] otlp_endpoint`).
+    otlp: Option<(otlp::Exporter, JoinHandle<()>)>,
 }
 
 impl Gateway {
@@ -121,9 +124,20 @@ impl Gateway {
             Shutdown { drain: admin_stop_rx.clone(), hard_stop: admin_stop_rx, tracker: admin_conns_tx },
             move |req, _conn| admin::handle(a.clone(), req),
         ));
-        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
-            tracing::warn!(%endpoint, "[telemetry] otlp_endpoint is set, but this build has no OTLP exporter yet: no spans are exported");
-        }
+        let otlp = match &config.telemetry.otlp_endpoint {
+            Some(endpoint) => match otlp::Exporter::start(endpoint, proxy.metrics()) {
+                Ok((exporter, task)) => {
+                    proxy.set_exporter(exporter.clone());
+                    tracing::info!(%endpoint, "exporting spans over OTLP/HTTP");
+                    Some((exporter, task))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "[telemetry] otlp_endpoint: no spans are exported");
+                    None
+                }
+            },
+            None => None,
+        };
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, tls = g.tls.is_some(), config = %config.hash, "waygate listening");
         Ok(Gateway {
             proxy_addr,
@@ -137,6 +151,7 @@ impl Gateway {
             conns_rx,
             background: tasks,
             tasks: vec![proxy_task, admin_task],
+            otlp,
         })
     }
 
@@ -178,6 +193,13 @@ impl Gateway {
         for t in &self.background {
             t.abort();
         }
+        if let Some((exporter, task)) = self.otlp.take() {
+            // The spans of the drained requests: one last export, bounded.
+            if !exporter.flush(std::time::Duration::from_secs(1)).await {
+                tracing::warn!("OTLP: final flush did not finish within 1s");
+            }
+            task.abort();
+        }
         if let Some(path) = &self.config.registry.snapshot {
             registry::persist::save_now(self.proxy.registry(), path);
         }
@@ -196,6 +218,9 @@ impl Drop for Gateway {
         let _ = self.admin_stop_tx.send(true);
         for t in &self.background {
             t.abort();
+        }
+        if let Some((_, task)) = &self.otlp {
+            task.abort();
         }
     }
 }

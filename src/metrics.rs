@@ -43,6 +43,8 @@ pub struct Metrics {
     retries: IntCounterVec,
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
+    otlp_exported: IntCounter,
+    otlp_dropped: IntCounter,
     /// Serializes scrapes (the state gauges are reset and refilled).
     scrape: Mutex<()>,
 }
@@ -55,6 +57,12 @@ impl std::fmt::Debug for Metrics {
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn plain_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help)).expect("valid metric");
     r.register(Box::new(c.clone())).expect("registered once");
     c
 }
@@ -141,6 +149,16 @@ impl Metrics {
             retries: counter(&r, "waygate_retries_total", "Retries sent to another endpoint.", &["service"]),
             config_reloads: counter(&r, "waygate_config_reloads_total", "Config reloads, by result.", &["result"]),
             config_info: gauge(&r, "waygate_config_info", "The active config, by content hash (always 1).", &["hash"]),
+            otlp_exported: plain_counter(
+                &r,
+                "waygate_otlp_spans_exported_total",
+                "Spans accepted by the OTLP collector ([telemetry] otlp_endpoint).",
+            ),
+            otlp_dropped: plain_counter(
+                &r,
+                "waygate_otlp_spans_dropped_total",
+                "Spans dropped: export queue full, or the OTLP collector failed or was unreachable.",
+            ),
             registry: r,
             scrape: Mutex::new(()),
         }
@@ -199,6 +217,16 @@ impl Metrics {
 
     pub fn eviction(&self, service: &str) -> IntCounter {
         self.registry_evictions.with_label_values(&[service])
+    }
+
+    /// `waygate_otlp_spans_exported_total`.
+    pub fn otlp_exported(&self) -> IntCounter {
+        self.otlp_exported.clone()
+    }
+
+    /// `waygate_otlp_spans_dropped_total`.
+    pub fn otlp_dropped(&self) -> IntCounter {
+        self.otlp_dropped.clone()
     }
 
     pub fn reload(&self, success: bool) {

@@ -330,10 +330,15 @@ fn check_registry(r: RawRegistry, errs: &mut Errors) -> Option<RegistryConfig> {
 
 fn check_telemetry(t: RawTelemetry, errs: &mut Errors) -> TelemetryConfig {
     if let Some(e) = &t.otlp_endpoint {
-        if !(e.get_ref().starts_with("http://") || e.get_ref().starts_with("https://"))
-            || e.get_ref().parse::<http::Uri>().is_err()
-        {
-            errs.at(e.span(), format!("otlp_endpoint \"{}\" is not an http(s) URL", e.get_ref()));
+        // The exporter speaks plain HTTP (no TLS client is linked for it).
+        if !e.get_ref().starts_with("http://") || e.get_ref().parse::<http::Uri>().is_err() {
+            errs.at(
+                e.span(),
+                format!(
+                    "otlp_endpoint \"{}\" must be an http:// URL (https collectors are not supported)",
+                    e.get_ref()
+                ),
+            );
         }
     }
     TelemetryConfig { otlp_endpoint: t.otlp_endpoint.map(Spanned::into_inner) }

@@ -1,5 +1,6 @@
 //! One request's accounting from routing to the last byte of its response:
-//! the service slot, the endpoint's in-flight count and the access-log event.
+//! the service slot, the endpoint's in-flight count, the access-log event and
+//! (with `[telemetry] otlp_endpoint` set) the spans handed to the exporter.
 //! It ends when the response body ends or is dropped (see `ResponseBody`),
 //! so counters stay exact however the exchange ends.
 
@@ -7,10 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method};
 
-use super::RouteEntry;
+use super::{headers, RouteEntry};
+use crate::health::Outcome;
 use crate::metrics::RouteMetrics;
+use crate::otlp::{self, AttemptSpan, Exporter, RequestSpan};
 use crate::registry::Endpoint;
 use crate::service::Service;
 
@@ -28,6 +31,10 @@ pub struct Exchange {
     /// Present only when the access log is enabled, so a gateway with
     /// access logs off copies no strings per request.
     log: Option<Box<LogFields>>,
+    /// Present only when an OTLP exporter runs, so a gateway without one
+    /// records no spans.
+    span: Option<Box<RequestSpan>>,
+    exporter: Option<Exporter>,
 }
 
 struct LogFields {
@@ -38,13 +45,37 @@ struct LogFields {
 }
 
 impl Exchange {
-    pub fn new(start: Instant, method: &Method, path: &str, request_id: &HeaderValue) -> Self {
+    pub fn new(
+        start: Instant,
+        method: &Method,
+        path: &str,
+        request_id: &HeaderValue,
+        exporter: Option<&Exporter>,
+    ) -> Self {
         let log = access_log_enabled().then(|| {
             Box::new(LogFields {
                 path: path.to_string(),
                 request_id: request_id.clone(),
                 trace_id: [b'0'; 32],
                 body_error: false,
+            })
+        });
+        let span = exporter.map(|_| {
+            let now = otlp::unix_nanos();
+            Box::new(RequestSpan {
+                trace_id: [0; 16],
+                span_id: [0; 8],
+                parent_id: None,
+                start_ns: now.saturating_sub(start.elapsed().as_nanos() as u64),
+                end_ns: 0,
+                method: method.clone(),
+                path: path.to_string(),
+                route: None,
+                service: None,
+                request_id: request_id.to_str().unwrap_or("").to_string(),
+                status: 0,
+                error: false,
+                attempts: Vec::new(),
             })
         });
         Exchange {
@@ -57,6 +88,8 @@ impl Exchange {
             status: 0,
             bytes_out: 0,
             log,
+            span,
+            exporter: exporter.cloned(),
         }
     }
 
@@ -71,6 +104,47 @@ impl Exchange {
     pub fn set_trace_id(&mut self, trace_id: [u8; 32]) {
         if let Some(l) = self.log.as_mut() {
             l.trace_id = trace_id;
+        }
+    }
+
+    /// Continues (or starts) the W3C trace in the upstream request's
+    /// `traceparent`; the span id sent upstream is this request's span id,
+    /// the incoming parent id (when valid) its parent.
+    pub fn propagate_trace(&mut self, headers: &mut HeaderMap) {
+        let incoming = match &self.span {
+            Some(_) => headers.get(&headers::TRACEPARENT).cloned(),
+            None => None,
+        };
+        let trace_id = headers::propagate_traceparent(headers);
+        self.set_trace_id(trace_id);
+        if let Some(s) = self.span.as_mut() {
+            s.trace_id = otlp::hex_id(&trace_id).unwrap_or_default();
+            if let Some(out) = headers.get(&headers::TRACEPARENT) {
+                s.span_id = otlp::hex_id(&out.as_bytes()[36..52]).unwrap_or_default();
+            }
+            // The incoming header was used when its trace id was kept.
+            s.parent_id = incoming
+                .filter(|v| v.len() >= 55 && v.as_bytes()[3..35] == trace_id)
+                .and_then(|v| otlp::hex_id(&v.as_bytes()[36..52]));
+        }
+    }
+
+    /// The start of an upstream attempt, for its span (None without an exporter).
+    pub fn attempt_started(&self) -> Option<u64> {
+        self.span.as_ref().map(|_| otlp::unix_nanos())
+    }
+
+    /// An upstream attempt ended with `outcome` (and the upstream's `status`, if it answered).
+    pub fn record_attempt(&mut self, started: Option<u64>, endpoint: &Endpoint, outcome: Outcome, status: Option<u16>) {
+        if let (Some(s), Some(start_ns)) = (self.span.as_mut(), started) {
+            s.attempts.push(AttemptSpan {
+                span_id: (headers::fast_random() | 1).to_be_bytes(),
+                start_ns,
+                end_ns: otlp::unix_nanos(),
+                endpoint: endpoint.address.clone(),
+                outcome,
+                status,
+            });
         }
     }
 
@@ -106,6 +180,9 @@ impl Exchange {
     /// The response body is done (or dropped): `bytes` were sent to the client.
     pub fn finish(mut self, bytes: u64, body_error: bool) {
         self.bytes_out = bytes;
+        if let Some(s) = self.span.as_mut() {
+            s.error |= body_error;
+        }
         if let Some(l) = self.log.as_mut() {
             l.body_error = body_error;
         }
@@ -120,6 +197,21 @@ impl Drop for Exchange {
         }
         if let Some(svc) = &self.service {
             svc.release();
+        }
+        if let (Some(mut s), Some(exporter)) = (self.span.take(), self.exporter.take()) {
+            if s.span_id == [0; 8] {
+                // Answered before trace propagation (no route, overload): a trace of its own.
+                s.trace_id[..8].copy_from_slice(&headers::fast_random().to_be_bytes());
+                s.trace_id[8..].copy_from_slice(&(headers::fast_random() | 1).to_be_bytes());
+                s.span_id = (headers::fast_random() | 1).to_be_bytes();
+            }
+            s.end_ns = otlp::unix_nanos();
+            s.status = self.status;
+            s.error |= self.status == 0 || self.status >= 500;
+            s.route = self.route.as_ref().map(|r| r.label.clone());
+            s.service =
+                self.service.as_ref().map(|s| s.name.clone()).or(self.route.as_ref().map(|r| r.service.name.clone()));
+            exporter.send(s);
         }
         if let Some(l) = self.log.take() {
             let route = self.route.as_ref().map(|r| r.label.as_ref()).unwrap_or("");

@@ -15,7 +15,7 @@ pub mod router;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -34,6 +34,7 @@ use crate::config::{Config, RouteConfig};
 use crate::error::GatewayError;
 use crate::health::Outcome;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::otlp::Exporter;
 use crate::registry::lease::LeaseTable;
 use crate::registry::{Endpoint, Registry};
 use crate::retry;
@@ -123,6 +124,8 @@ pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    /// Set once at start when `[telemetry] otlp_endpoint` is configured.
+    otlp: OnceLock<Exporter>,
 }
 
 impl Proxy {
@@ -130,7 +133,8 @@ impl Proxy {
     /// services from now on.
     pub fn new(config: Arc<Config>, registry: Arc<Registry>, metrics: Arc<Metrics>) -> Arc<Proxy> {
         let snapshot = registry.with_table(|t| Snapshot::build(config, None, t, &metrics));
-        let proxy = Arc::new(Proxy { snapshot: ArcSwap::from_pointee(snapshot), registry, metrics });
+        let proxy =
+            Arc::new(Proxy { snapshot: ArcSwap::from_pointee(snapshot), registry, metrics, otlp: OnceLock::new() });
         let weak = Arc::downgrade(&proxy);
         proxy.registry.set_publisher(Box::new(move |service, endpoints| {
             if let Some(p) = weak.upgrade() {
@@ -152,6 +156,11 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Exports the spans of every request from now on (once; later calls are ignored).
+    pub fn set_exporter(&self, exporter: Exporter) {
+        let _ = self.otlp.set(exporter);
     }
 
     /// Swaps in a new config; requests in flight finish on the old one. The
@@ -185,7 +194,7 @@ impl Proxy {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         let request_id = headers::ensure_request_id(&mut parts.headers);
-        let mut ex = Exchange::new(start, &parts.method, parts.uri.path(), &request_id);
+        let mut ex = Exchange::new(start, &parts.method, parts.uri.path(), &request_id, self.otlp.get());
 
         let Some((route, prefix_end)) = self.route(&parts) else {
             ex.set_no_route(self.snapshot.load().no_route.clone());
@@ -208,7 +217,7 @@ impl Proxy {
         let hash = service.request_hash(&parts, conn.remote.ip());
         let upgrade = headers::wants_upgrade(&parts.headers, parts.version);
         rewrite_request(&mut parts, &route.config, prefix_end, conn, upgrade);
-        ex.set_trace_id(headers::propagate_traceparent(&mut parts.headers));
+        ex.propagate_trace(&mut parts.headers);
         let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
         // request_timeout bounds the whole exchange until the response head,
         // retries included.
@@ -285,6 +294,7 @@ impl Proxy {
             // Latency feeds p2c_ewma's estimate; other balancers skip the clock read.
             let p2c = service.balancer().kind() == BalancerKind::P2cEwma;
             let sent_at = p2c.then(Instant::now);
+            let attempt_at = ex.attempt_started();
             let result = tokio::time::timeout(left, service.client.request(upstream_req)).await;
             if let Some(t) = sent_at {
                 // Responses and timeouts are latency; a refused connection says nothing about it.
@@ -306,6 +316,11 @@ impl Proxy {
                 Err(_) => Outcome::Timeout,
             };
             service.record_outcome(&endpoint, outcome);
+            let status = match &result {
+                Ok(Ok(resp)) => Some(resp.status().as_u16()),
+                _ => None,
+            };
+            ex.record_attempt(attempt_at, &endpoint, outcome, status);
             if let Some(m) = endpoint.metrics.load().as_ref() {
                 m.record(outcome);
             }
