@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     match cli.command.as_ref().unwrap_or(&Command::Run) {
         Command::Check => check(&config_path(&cli)),
         Command::Run => {
-            telemetry::init(cli.log_format);
+            let _log = telemetry::init(cli.log_format);
             let path = config_path(&cli);
             match Config::load(&path) {
                 Ok(config) => serve(config, Some(path)),
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo => {
-            telemetry::init(cli.log_format);
+            let _log = telemetry::init(cli.log_format);
             runtime(0).block_on(waygate::demo::run())
         }
     }
