@@ -219,8 +219,8 @@ impl Drop for Exchange {
                 self.service.as_ref().map(|s| s.name.as_ref()).or(self.route.as_ref().map(|r| r.service.name.as_ref()));
             tracing::info!(
                 target: "waygate::access",
-                method = %self.method,
-                path = %l.path,
+                method = self.method.as_str(),
+                path = l.path.as_str(),
                 route,
                 service = service.unwrap_or(""),
                 endpoint = self.endpoint.as_ref().map_or("", |e| e.address.as_ref()),
