@@ -168,6 +168,21 @@ name = "orders"
 balancer = "round_robin"
 request_timeout = "5s"
 
+# orders-2 fails every third request: a retry hides it from clients, outlier
+# detection ejects it after 3 failures in a row (it rarely gets there), and
+# the breaker opens only if the whole service fails.
+[services.retry]
+attempts = 1
+on = ["connect_failure", "500", "503"]
+
+[services.outlier_detection]
+consecutive_failures = 3
+base_ejection_time = "10s"
+
+[services.circuit_breaker]
+failure_threshold = 5
+open_duration = "10s"
+
 [[routes]]
 path_prefix = "/api/users"
 service = "users"
@@ -217,7 +232,7 @@ pub async fn run() -> ExitCode {
     println!(
         "\nwaygate demo is running. Try:\n\
          \x20 curl -i http://{p}/api/users/42          # round robin over users-1 and users-2\n\
-         \x20 curl -i http://{p}/api/orders/7          # strip_prefix: the orders service sees /7; orders-2 fails every 3rd request\n\
+         \x20 curl -i http://{p}/api/orders/7          # strip_prefix: orders sees /7; orders-2 fails every 3rd request, retried on orders-1\n\
          \x20 curl -i http://{p}/nowhere               # 404 no_route, JSON\n\
          \x20 curl -s http://{a}/registry              # the instances that registered themselves\n\
          \x20 curl -s http://{a}/admin/upstreams       # every endpoint and its state\n\
