@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod health;
 pub mod metrics;
 pub mod otlp;

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{GatewayConfig, TlsConfig};
+use crate::framing::{Framing, Verdict};
 use crate::proxy::{ConnInfo, ResponseBody};
 
 /// Protocol settings of a listener.
@@ -134,6 +135,7 @@ pub async fn serve<F, Fut>(
             tls: tls.clone(),
             shutdown: shutdown.clone(),
             handshake_timeout: opts.header_read_timeout,
+            max_head: opts.max_header_bytes,
         };
         let make = make.clone();
         tokio::spawn(conn.run(stream, remote, make));
@@ -146,6 +148,7 @@ struct Connection {
     tls: Option<TlsAcceptor>,
     shutdown: Shutdown,
     handshake_timeout: Duration,
+    max_head: usize,
 }
 
 impl Connection {
@@ -161,12 +164,12 @@ impl Connection {
             async move { Ok::<_, Infallible>(fut.await) }
         });
         match &self.tls {
-            None => match first_bytes(stream, self.handshake_timeout).await {
+            None => match first_bytes(stream, self.handshake_timeout, self.max_head).await {
                 Ok(io) => self.drive(TokioIo::new(io), svc).await,
                 Err(e) => tracing::debug!(%remote, error = %e, "connection closed before a request"),
             },
             Some(acceptor) => match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => match first_bytes(tls, self.handshake_timeout).await {
+                Ok(Ok(tls)) => match first_bytes(tls, self.handshake_timeout, self.max_head).await {
                     Ok(io) => self.drive(TokioIo::new(io), svc).await,
                     Err(e) => tracing::debug!(%remote, error = %e, "connection closed before a request"),
                 },
@@ -207,7 +210,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// without a deadline, so without this a client that connects and sends
 /// nothing (or trickles the preface) would hold its connection forever. The
 /// bytes read are replayed to the protocol through [`Rewind`].
-async fn first_bytes<S: AsyncRead + Unpin>(mut io: S, timeout: Duration) -> std::io::Result<Rewind<S>> {
+async fn first_bytes<S: AsyncRead + Unpin>(
+    mut io: S,
+    timeout: Duration,
+    max_head: usize,
+) -> std::io::Result<Rewind<S>> {
     let mut buf = bytes::BytesMut::with_capacity(128);
     let read = async {
         loop {
@@ -221,27 +228,53 @@ async fn first_bytes<S: AsyncRead + Unpin>(mut io: S, timeout: Duration) -> std:
         }
     };
     match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(())) => Ok(Rewind { prefix: buf.freeze(), inner: io }),
+        Ok(Ok(())) => {
+            // HTTP/1 connections get their request framing watched (see
+            // `framing`); HTTP/2 frames its messages itself.
+            let h2 = buf.len() >= H2_PREFACE.len() && buf[..H2_PREFACE.len()] == *H2_PREFACE;
+            let framing = (!h2).then(|| Framing::new(max_head));
+            Ok(Rewind { prefix: buf.freeze(), inner: io, framing })
+        }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no request head within header_read_timeout")),
     }
 }
 
-/// A stream that first yields bytes already read from it.
+/// A stream that first yields bytes already read from it, and (HTTP/1)
+/// refuses requests whose framing is ambiguous.
 pub struct Rewind<S> {
     prefix: bytes::Bytes,
     inner: S,
+    framing: Option<Framing>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             let chunk = self.prefix.split_to(n);
             buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
+        } else {
+            match Pin::new(&mut self.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        if let Some(framing) = self.framing.as_mut() {
+            let new = &mut buf.filled_mut()[before..];
+            if let Verdict::Smuggling { head_end } = framing.feed(new) {
+                // Content-Length and Transfer-Encoding in one head: break the
+                // head's final line feed so hyper refuses it (400, close)
+                // before it is parsed, let alone forwarded.
+                new[head_end - 1] = b'X';
+                tracing::debug!("request with both Content-Length and Transfer-Encoding refused");
+            }
+            if framing.passthrough() {
+                self.framing = None;
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
