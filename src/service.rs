@@ -80,11 +80,6 @@ impl Service {
             .collect();
         endpoints.extend(registered);
         metrics.declare_service(&config.name);
-        // (Re)make the metric handles: the series may have been removed while
-        // the endpoint was out of every service.
-        for ep in &endpoints {
-            ep.metrics.store(Some(Arc::new(metrics.endpoint(&config.name, &ep.address))));
-        }
         let set = EndpointSet::from_health(endpoints);
         let balancer = balancer::build(&config);
         balancer.update(&set);
@@ -110,6 +105,14 @@ impl Service {
         service
     }
 
+    /// An endpoint enters this service: it gets fresh metric handles (its
+    /// series may have been removed while it was out of every service) and
+    /// this runtime becomes its owner.
+    fn join(self: &Arc<Self>, ep: &Arc<Endpoint>) {
+        ep.metrics.store(Some(Arc::new(self.metrics.endpoint(&self.name, &ep.address))));
+        ep.stats.set_owner(self);
+    }
+
     /// Becomes the owner of its endpoints; state left by a policy this
     /// service no longer has (a reload removed the table) is cleared.
     fn adopt_endpoints(self: &Arc<Self>) {
@@ -117,7 +120,7 @@ impl Service {
         let set = self.endpoints.load_full();
         let mut changed = false;
         for ep in &set.endpoints {
-            ep.stats.set_owner(self);
+            self.join(ep);
             if self.config.health_check.is_none() && !ep.stats.checked_healthy.load(Ordering::Acquire) {
                 ep.stats.checked_healthy.store(true, Ordering::Release);
                 *ep.stats.book() = Default::default();
@@ -177,8 +180,7 @@ impl Service {
         let before: HashSet<*const Endpoint> = current.endpoints.iter().map(Arc::as_ptr).collect();
         let addresses: HashSet<&str> = endpoints.iter().map(|e| &*e.address).collect();
         for ep in endpoints.iter().filter(|e| !before.contains(&Arc::as_ptr(e))) {
-            ep.metrics.store(Some(Arc::new(self.metrics.endpoint(&self.name, &ep.address))));
-            ep.stats.set_owner(self);
+            self.join(ep);
         }
         // Series of endpoints that left (evicted, deregistered, moved) go too.
         for gone in current.endpoints.iter().filter(|old| !addresses.contains(&*old.address)) {

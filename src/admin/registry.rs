@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::header::AUTHORIZATION;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -94,7 +94,7 @@ async fn register(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<R
             None,
         )
     };
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = crate::proxy::headers::content_length(req.headers());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return too_large();
     }

@@ -24,7 +24,7 @@ pub struct Exchange {
     /// Where the request is counted when no route matched.
     no_route: Option<Arc<RouteMetrics>>,
     /// Set once a service slot (`max_concurrent_requests`) is held.
-    service: Option<Arc<Service>>,
+    holds_slot: bool,
     endpoint: Option<Arc<Endpoint>>,
     status: u16,
     bytes_out: u64,
@@ -83,7 +83,7 @@ impl Exchange {
             method: method.clone(),
             route: None,
             no_route: None,
-            service: None,
+            holds_slot: false,
             endpoint: None,
             status: 0,
             bytes_out: 0,
@@ -148,9 +148,14 @@ impl Exchange {
         }
     }
 
-    /// Records that a service slot is held; it is released when this ends.
-    pub fn hold_service(&mut self, service: Arc<Service>) {
-        self.service = Some(service);
+    /// Records that a slot of the route's service is held; it is released
+    /// when this ends.
+    pub fn hold_slot(&mut self) {
+        self.holds_slot = self.route.is_some();
+    }
+
+    fn service(&self) -> Option<&Service> {
+        self.route.as_ref().map(|r| &*r.service)
     }
 
     /// Counts the request against `endpoint` until this ends.
@@ -195,7 +200,7 @@ impl Drop for Exchange {
         if let Some(ep) = &self.endpoint {
             ep.stats.active.fetch_sub(1, Ordering::Relaxed);
         }
-        if let Some(svc) = &self.service {
+        if let Some(svc) = self.service().filter(|_| self.holds_slot) {
             svc.release();
         }
         if let (Some(mut s), Some(exporter)) = (self.span.take(), self.exporter.take()) {
@@ -209,14 +214,12 @@ impl Drop for Exchange {
             s.status = self.status;
             s.error |= self.status == 0 || self.status >= 500;
             s.route = self.route.as_ref().map(|r| r.label.clone());
-            s.service =
-                self.service.as_ref().map(|s| s.name.clone()).or(self.route.as_ref().map(|r| r.service.name.clone()));
+            s.service = self.service().map(|s| s.name.clone());
             exporter.send(s);
         }
         if let Some(l) = self.log.take() {
             let route = self.route.as_ref().map(|r| r.label.as_ref()).unwrap_or("");
-            let service =
-                self.service.as_ref().map(|s| s.name.as_ref()).or(self.route.as_ref().map(|r| r.service.name.as_ref()));
+            let service = self.service().map(|s| s.name.as_ref());
             tracing::info!(
                 target: "waygate::access",
                 method = self.method.as_str(),

@@ -212,7 +212,7 @@ impl Proxy {
             };
             return error_response(&err, &request_id, ex);
         }
-        ex.hold_service(service.clone());
+        ex.hold_slot();
 
         let hash = service.request_hash(&parts, conn.remote.ip());
         let upgrade = headers::wants_upgrade(&parts.headers, parts.version);
@@ -508,8 +508,7 @@ impl ReplayBody {
         if body.is_end_stream() {
             return Ok(ReplayBody::Held(None));
         }
-        let len = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        match len {
+        match headers::content_length(headers) {
             Some(n) if n <= retry::MAX_REPLAY_BODY => {
                 let bytes = http_body_util::Limited::new(body, retry::MAX_REPLAY_BODY as usize)
                     .collect()
