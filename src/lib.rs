@@ -24,6 +24,7 @@ pub mod retry;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -42,6 +43,8 @@ use server::{ListenerOptions, Shutdown};
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the proxy workers: {0}")]
+    Workers(std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
 }
@@ -57,6 +60,8 @@ pub struct Gateway {
     hard_tx: watch::Sender<bool>,
     admin_stop_tx: watch::Sender<bool>,
     conns_rx: mpsc::Receiver<()>,
+    /// Yields `None` once every proxy worker thread has ended.
+    workers_rx: mpsc::Receiver<()>,
     tasks: Vec<JoinHandle<()>>,
     /// Sweeper, snapshot writer: aborted at shutdown.
     background: Vec<JoinHandle<()>>,
@@ -103,17 +108,16 @@ impl Gateway {
         let (conns_tx, conns_rx) = mpsc::channel(1);
         let opts = ListenerOptions::from_config(g);
 
-        let p = proxy.clone();
-        let proxy_task = tokio::spawn(server::serve(
+        let proxy_listener = proxy_listener.into_std().map_err(|source| StartError::Bind { addr: g.listen, source })?;
+        let workers_rx = worker::spawn(
+            worker::count(g.worker_threads),
             proxy_listener,
             tls,
             opts.clone(),
             Shutdown { drain: drain_rx, hard_stop: hard_rx.clone(), tracker: conns_tx },
-            move |req, conn| {
-                let p = p.clone();
-                async move { p.handle(req, conn).await }
-            },
-        ));
+            proxy.clone(),
+        )
+        .map_err(StartError::Workers)?;
         // The admin listener serves until the process stops (through a drain),
         // so it has its own stop signal; its connections are not tracked.
         let (admin_conns_tx, _admin_conns_rx) = mpsc::channel(1);
@@ -123,6 +127,7 @@ impl Gateway {
             None,
             opts,
             Shutdown { drain: admin_stop_rx.clone(), hard_stop: admin_stop_rx, tracker: admin_conns_tx },
+            None,
             move |req, _conn| admin::handle(a.clone(), req),
         ));
         let otlp = match &config.telemetry.otlp_endpoint {
@@ -150,8 +155,9 @@ impl Gateway {
             hard_tx,
             admin_stop_tx,
             conns_rx,
+            workers_rx,
             background: tasks,
-            tasks: vec![proxy_task, admin_task],
+            tasks: vec![admin_task],
             otlp,
         })
     }
@@ -188,7 +194,11 @@ impl Gateway {
             tracing::info!("drained");
         } else {
             tracing::warn!(?timeout, "drain_timeout passed; cutting the remaining connections");
-            let _ = self.hard_tx.send(true);
+        }
+        // Ends the workers (and cuts what is left after a timeout).
+        let _ = self.hard_tx.send(true);
+        if tokio::time::timeout(std::time::Duration::from_secs(1), self.workers_rx.recv()).await.is_err() {
+            tracing::warn!("a proxy worker did not stop within 1s");
         }
         let _ = self.admin_stop_tx.send(true);
         for t in &self.background {

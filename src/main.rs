@@ -57,7 +57,10 @@ fn main() -> ExitCode {
         }
         Command::Demo => {
             let _log = telemetry::init(cli.log_format);
-            runtime(0).block_on(waygate::demo::run())
+            // The demo services share this runtime with the gateway's control
+            // tasks; the proxy workers have their own threads.
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            rt.block_on(waygate::demo::run())
         }
     }
 }
@@ -76,16 +79,15 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn runtime(workers: usize) -> tokio::runtime::Runtime {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
-    }
-    b.enable_all().thread_name("waygate-worker").build().expect("tokio runtime")
+/// The control runtime (admin listener, registry, health checks, reload,
+/// OTLP) on the main thread; the proxy workers run their own (see
+/// `waygate::worker`).
+fn control_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
 fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
-    runtime(config.gateway.worker_threads).block_on(async move {
+    control_runtime().block_on(async move {
         // Handlers first: a signal that arrives while starting must drain,
         // not kill (SIGHUP's default action would end the process too).
         let stop = match StopSignals::install() {

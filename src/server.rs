@@ -101,12 +101,15 @@ pub struct Shutdown {
 }
 
 /// Accepts connections until `shutdown.drain` flips, serving each with the
-/// service that `make` builds for it.
+/// service that `make` builds for it. With `spread` (proxy workers), each
+/// accepted connection goes to the worker with the fewest open connections,
+/// which may be another one.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     opts: ListenerOptions,
     shutdown: Shutdown,
+    mut spread: Option<crate::worker::Member>,
     make: F,
 ) where
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
@@ -115,13 +118,31 @@ pub async fn serve<F, Fut>(
     let builder = Arc::new(builder(&opts));
     let mut drain = shutdown.drain.clone();
     loop {
+        let handed = async {
+            match spread.as_mut() {
+                Some(m) => m.handed_over().await,
+                None => std::future::pending().await,
+            }
+        };
         let accepted = tokio::select! {
             biased;
             _ = drain.wait_for(|d| *d) => break,
-            a = listener.accept() => a,
+            h = handed => match h {
+                Some((stream, remote, load)) => Ok((stream, remote, Some(load))),
+                None => break,
+            },
+            a = listener.accept() => a.map(|(stream, remote)| (stream, remote, None)),
         };
-        let (stream, remote) = match accepted {
-            Ok(a) => a,
+        let (stream, remote, load) = match accepted {
+            // Handed over by another worker: already counted against this one.
+            Ok((stream, remote, Some(load))) => (stream, remote, Some(load)),
+            Ok((stream, remote, None)) => match spread.as_ref() {
+                None => (stream, remote, None),
+                Some(m) => match m.place(stream, remote) {
+                    Some((stream, load)) => (stream, remote, Some(load)),
+                    None => continue, // handed to another worker
+                },
+            },
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -138,7 +159,10 @@ pub async fn serve<F, Fut>(
             max_head: opts.max_header_bytes,
         };
         let make = make.clone();
-        tokio::spawn(conn.run(stream, remote, make));
+        tokio::spawn(async move {
+            let _load = load;
+            conn.run(stream, remote, make).await
+        });
     }
     drop(listener);
 }

@@ -28,7 +28,9 @@ pub struct Service {
     /// Serializes writers of `endpoints` (registry, health checks, ejections),
     /// so no update is lost between a load and a store. Readers never take it.
     writer: Mutex<()>,
-    pub(crate) client: HttpClient,
+    /// One upstream pool per proxy worker (slot 0: every other thread), so a
+    /// request only ever uses connections driven by its own thread.
+    clients: Box<[HttpClient]>,
     inflight: AtomicUsize,
     /// Present when `[services.circuit_breaker]` is configured.
     pub breaker: Option<CircuitBreaker>,
@@ -59,6 +61,7 @@ impl Service {
         registered: Vec<Arc<Endpoint>>,
         previous: Vec<Arc<Endpoint>>,
         metrics: Arc<Metrics>,
+        workers: usize,
     ) -> Arc<Service> {
         let mut endpoints: Vec<Arc<Endpoint>> = config
             .endpoints
@@ -85,7 +88,7 @@ impl Service {
         balancer.update(&set);
         let service = Arc::new(Service {
             name: config.name.as_str().into(),
-            client: client::build(config.connect_timeout),
+            clients: (0..=workers).map(|_| client::build(config.connect_timeout)).collect(),
             balancer,
             endpoints: ArcSwap::from_pointee(set),
             writer: Mutex::new(()),
@@ -103,6 +106,11 @@ impl Service {
         service.adopt_endpoints();
         *service.checker.lock().unwrap_or_else(|e| e.into_inner()) = crate::health::checker::spawn(&service);
         service
+    }
+
+    /// The upstream pool of the calling thread's worker.
+    pub(crate) fn client(&self) -> &HttpClient {
+        self.clients.get(crate::worker::index()).unwrap_or(&self.clients[0])
     }
 
     /// An endpoint enters this service: it gets fresh metric handles (its

@@ -39,7 +39,7 @@ async fn run(weak: Weak<Service>, hc: HealthCheckConfig) {
             if ep.stats.probing.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            let (client, hc, weak) = (service.client.clone(), hc.clone(), weak.clone());
+            let (client, hc, weak) = (service.client().clone(), hc.clone(), weak.clone());
             probes.spawn(async move {
                 let slot = ProbeSlot(ep.clone());
                 let result = probe(&client, &ep, &hc).await;

@@ -92,6 +92,7 @@ impl Snapshot {
                     registry.endpoints_of(&svc.name),
                     old.map(|o| o.endpoints().endpoints.clone()).unwrap_or_default(),
                     metrics.clone(),
+                    crate::worker::count(config.gateway.worker_threads),
                 ),
             };
             services.insert(svc.name.clone(), service);
@@ -295,7 +296,7 @@ impl Proxy {
             let p2c = service.balancer().kind() == BalancerKind::P2cEwma;
             let sent_at = p2c.then(Instant::now);
             let attempt_at = ex.attempt_started();
-            let result = tokio::time::timeout(left, service.client.request(upstream_req)).await;
+            let result = tokio::time::timeout(left, service.client().request(upstream_req)).await;
             if let Some(t) = sent_at {
                 // Responses and timeouts are latency; a refused connection says nothing about it.
                 if !matches!(result, Ok(Err(_))) {
@@ -374,7 +375,7 @@ impl Proxy {
         let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
             // HTTP/2 requests cannot upgrade this way; treat as a plain request.
             let req = Request::from_parts(parts, body);
-            let result = tokio::time::timeout(timeout, service.client.request(req)).await;
+            let result = tokio::time::timeout(timeout, service.client().request(req)).await;
             return answer(result, service, &endpoint, timeout, &request_id, ex);
         };
         // A connection of our own speaks origin-form (`GET /path`), unlike
