@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Proxy p99 latency with and without a heartbeat flood (issue 3): wrk drives
 # keep-alive GETs through waygate to an nginx upstream for DURATION seconds,
-# once alone and once while a second wrk POSTs ~10,000 heartbeats/s from 5,000
-# instances to /registry. Everything on 127.0.0.1; every run bounded.
+# three times: alone; while a second wrk POSTs the flood (~10,000 heartbeats/s
+# from 5,000 instances) to an nginx sink that answers 200 without looking
+# (the control: what the flood *generator* alone costs the proxy on a shared
+# box); and while the same flood goes to waygate's /registry. The gateway's
+# share is the third figure against the control. Everything on 127.0.0.1;
+# every run bounded.
 #   cargo build --release && bench/heartbeat-flood.sh
 # Needs: wrk, nginx (apt-get install -y wrk nginx-light).
 set -euo pipefail
@@ -24,7 +28,8 @@ cat >"$run/nginx.conf" <<NGINX
 daemon off; worker_processes 1; pid $run/nginx.pid; error_log $run/nginx.err warn;
 events { worker_connections 1024; }
 http { access_log off; keepalive_requests 100000000;
-  server { listen 127.0.0.1:19001; location / { return 200 "ok from upstream\n"; } } }
+  server { listen 127.0.0.1:19001; location / { return 200 "ok from upstream\n"; } }
+  server { listen 127.0.0.1:19002; location / { return 200 '{"status":"ok"}'; } } }
 NGINX
 nginx -c "$run/nginx.conf" -p "$run" & pids+=($!)
 
@@ -54,15 +59,22 @@ p99() {  # wrk --latency output → p99 in ms
 timeout $((DURATION + 15)) wrk -t1 -c"$CONNS" -d3s http://127.0.0.1:18080/ >/dev/null   # warm-up
 measure() { (cd "$here" && timeout $((DURATION + 15)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s paced.lua http://127.0.0.1:18080/ >"$1"); }
 measure "$run/base.txt"
-(cd "$here" && timeout $((DURATION + 20)) wrk -t1 -c20 -d$((DURATION + 6))s -s heartbeat.lua http://127.0.0.1:18081/registry >"$run/flood.txt") &
-flood=$!
-sleep 4   # let the first 5,000 registrations land; measure the steady flood
-measure "$run/under.txt"
-wait "$flood" || true
-base=$(p99 "$run/base.txt"); under=$(p99 "$run/under.txt")
-echo "proxy p99 alone:            ${base} ms  ($(awk '/Requests\/sec/{print $2}' "$run/base.txt") req/s)"
-echo "proxy p99 under heartbeats: ${under} ms  ($(awk '/Requests\/sec/{print $2}' "$run/under.txt") req/s)"
-grep heartbeats: "$run/flood.txt" || true
+flood() {  # $1 = target URL, $2 = output
+  (cd "$here" && timeout $((DURATION + 20)) wrk -t2 -c"${FLOOD_CONNS:-26}" -d$((DURATION + 6))s -s heartbeat.lua "$1" >"$2") &
+  local f=$!
+  sleep 4   # let the first 5,000 registrations land; measure the steady flood
+  measure "$3"
+  wait "$f" || true
+}
+flood http://127.0.0.1:19002/registry "$run/flood-sink.txt" "$run/control.txt"
+flood http://127.0.0.1:18081/registry "$run/flood.txt" "$run/under.txt"
+base=$(p99 "$run/base.txt"); control=$(p99 "$run/control.txt"); under=$(p99 "$run/under.txt")
+rps() { awk '/Requests\/sec/{print $2}' "$1"; }
+echo "proxy p99 alone:                      ${base} ms  ($(rps "$run/base.txt") req/s)"
+echo "proxy p99, flood to an nginx sink:    ${control} ms  ($(rps "$run/control.txt") req/s)   $(grep heartbeats: "$run/flood-sink.txt" || true)"
+echo "proxy p99, flood to waygate:          ${under} ms  ($(rps "$run/under.txt") req/s)   $(grep heartbeats: "$run/flood.txt" || true)"
 echo "instances registered: $(curl -s http://127.0.0.1:18081/registry/fleet | grep -o '"id"' | wc -l)"
-awk -v a="$base" -v b="$under" 'BEGIN { printf "p99 ratio under flood: %.2f\n", b / a }'
+awk -v a="$base" -v c="$control" -v b="$under" 'BEGIN {
+  printf "p99 ratio, flood to waygate vs alone:        %.2f\n", b / a
+  printf "p99 ratio, flood to waygate vs flood to sink: %.2f  (the gateway'"'"'s own share)\n", b / c }'
 echo "raw outputs: $run"

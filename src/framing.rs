@@ -71,39 +71,40 @@ impl Framing {
             match self.state {
                 State::Passthrough => return Verdict::Ok,
                 State::Head => {
-                    // Copy up to the end of the head (or of the data).
-                    let mut end = None;
-                    while i < data.len() {
-                        self.head.push(data[i]);
-                        i += 1;
-                        if self.head.ends_with(b"\r\n\r\n") || self.head == b"\r\n" {
-                            end = Some(i);
-                            break;
+                    let rest = &data[i..];
+                    let Some(end) = head_end(&self.head, rest) else {
+                        // The head goes on in a later read: keep what there is.
+                        self.head.extend_from_slice(rest);
+                        if self.head.len() > self.max_head {
+                            self.state = State::Passthrough;
                         }
-                    }
-                    if self.head.len() > self.max_head {
+                        return Verdict::Ok;
+                    };
+                    i += end;
+                    if self.head.len() + end > self.max_head {
                         self.state = State::Passthrough;
                         return Verdict::Ok;
                     }
-                    let Some(end) = end else { continue };
-                    if self.head == b"\r\n" {
-                        // A stray CRLF between requests (allowed by RFC 9112 §2.2).
+                    // The usual case, a head within one read, is looked at
+                    // where it lies; only a head split across reads is copied.
+                    let verdict = if self.head.is_empty() {
+                        analyze(&rest[..end])
+                    } else {
+                        self.head.extend_from_slice(&rest[..end]);
+                        let v = analyze(&self.head);
                         self.head.clear();
-                        continue;
-                    }
-                    let head = std::mem::take(&mut self.head);
-                    match analyze(&head) {
+                        v
+                    };
+                    match verdict {
                         Head::Smuggling => {
                             self.state = State::Passthrough;
-                            return Verdict::Smuggling { head_end: end };
+                            return Verdict::Smuggling { head_end: i };
                         }
                         Head::Tunnel | Head::Unknown => self.state = State::Passthrough,
                         Head::Chunked => self.state = State::ChunkSize { size: 0, digits: false, ext: false },
-                        Head::Length(0) | Head::NoBody => self.state = State::Head,
+                        Head::Length(0) | Head::NoBody | Head::StrayCrlf => self.state = State::Head,
                         Head::Length(n) => self.state = State::Fixed(n),
                     }
-                    self.head = head;
-                    self.head.clear();
                 }
                 State::Fixed(n) => {
                     let take = (n as usize).min(data.len() - i);
@@ -177,9 +178,32 @@ enum Head {
     Tunnel,
     /// Something hyper will refuse or that the watcher need not follow.
     Unknown,
+    /// A bare CRLF before a request.
+    StrayCrlf,
+}
+
+/// Where the head that `seen` began ends in `rest`: the index just past its
+/// blank line ("\r\n\r\n"), or past a stray CRLF sent between requests.
+fn head_end(seen: &[u8], rest: &[u8]) -> Option<usize> {
+    let at = |k: usize| if k < seen.len() { seen[k] } else { rest[k - seen.len()] };
+    let mut from = 0;
+    while let Some(off) = memchr::memchr(b'\n', &rest[from..]) {
+        let p = from + off;
+        let e = seen.len() + p; // the LF's index in the whole head
+        let blank_line = e >= 3 && at(e - 1) == b'\r' && at(e - 2) == b'\n' && at(e - 3) == b'\r';
+        if blank_line || (e == 1 && at(0) == b'\r') {
+            return Some(p + 1);
+        }
+        from = p + 1;
+    }
+    None
 }
 
 fn analyze(head: &[u8]) -> Head {
+    if head == b"\r\n" {
+        // A stray CRLF between requests (allowed by RFC 9112 §2.2).
+        return Head::StrayCrlf;
+    }
     let mut lines = head.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let Some(request_line) = lines.next() else { return Head::Unknown };
     if request_line.starts_with(b"CONNECT ") {
@@ -264,5 +288,21 @@ GET /d HTTP/1.1\r\nHost: a\r\nX-Note: content-length: 5 transfer-encoding: chunk
         let mut f = Framing::new(64);
         f.feed(&[b'a'; 100]);
         assert!(f.passthrough());
+    }
+
+    #[test]
+    fn heads_split_anywhere_and_stray_crlfs_are_followed() {
+        // A stray CRLF (itself split), then a smuggling head split at every
+        // position: it is caught once, at the same place in the stream.
+        let mut stream = b"\r\n".to_vec();
+        stream.extend_from_slice(SMUGGLE);
+        let head_end = 2 + SMUGGLE.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        for cut in 1..head_end {
+            let mut f = Framing::new(65536);
+            let first = f.feed(&stream[..cut]);
+            let second = f.feed(&stream[cut..]);
+            assert_eq!(first, Verdict::Ok, "cut {cut}");
+            assert_eq!(second, Verdict::Smuggling { head_end: head_end - cut }, "cut {cut}");
+        }
     }
 }
