@@ -409,3 +409,58 @@ async fn a_registered_endpoint_keeps_counting_after_its_service_is_removed_and_r
         m.lines_with("upstream_requests")
     );
 }
+
+/// The access log of the real binary (`--log-format json`): one JSON line per
+/// request, with every field issue 6 names, bytes in both directions counted
+/// for streamed, held (retry) and gateway-answered requests alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_json_line_per_request_with_every_field() {
+    let up = Upstream::start("up").await;
+    let body = simple_toml(&[&up], "") + "\n[services.retry]\nattempts = 1\n";
+    let config = gateway_toml("worker_threads = 2", &body);
+    let mut bin = Binary::start(&config);
+    let client = http_client();
+    let send = |req: Request<TestBody>| {
+        let client = client.clone();
+        async move { Resp::collect(within(EXCHANGE_TIMEOUT, "request", client.request(req)).await.expect("send")).await }
+    };
+    let url = |path: &str| format!("http://{}{path}", bin.proxy);
+    // A streamed POST (not retryable), a held PUT (retryable), a 404.
+    let post =
+        send(Request::post(url("/api/streamed")).header("x-request-id", "req-post").body(full("0123456789A")).unwrap())
+            .await;
+    assert_eq!(post.status, 200);
+    let put = send(Request::put(url("/api/held")).header("x-request-id", "req-put").body(full("abcd")).unwrap()).await;
+    assert_eq!(put.status, 200);
+    let missing = send(Request::get(url("/nowhere")).header("x-request-id", "req-404").body(empty()).unwrap()).await;
+    assert_eq!(missing.status, 404);
+
+    bin.wait_for_signal_handlers().await;
+    send_signal(bin.pid(), "TERM");
+    assert!(bin.wait(Duration::from_secs(10)).is_some_and(|s| s.success()), "clean exit:\n{}", bin.log());
+    let log = bin.log();
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "waygate::access")
+        .collect();
+    assert_eq!(access.len(), 3, "one access line per request:\n{log}");
+    let line = |id: &str| access.iter().find(|v| v["request_id"] == id).unwrap_or_else(|| panic!("no line for {id}"));
+
+    let p = line("req-post");
+    assert_eq!((p["method"].as_str(), p["path"].as_str()), (Some("POST"), Some("/api/streamed")));
+    assert_eq!((p["route"].as_str(), p["service"].as_str()), (Some("/api"), Some("svc")));
+    assert_eq!(p["endpoint"].as_str(), Some(up.endpoint().as_str()));
+    assert_eq!(p["status"], 200);
+    assert_eq!(p["bytes_in"], 11, "streamed request body counted");
+    assert_eq!(p["bytes_out"].as_u64(), Some(post.body.len() as u64));
+    assert!(p["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{p}");
+    let trace_id = p["trace_id"].as_str().unwrap();
+    assert!(trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()), "{p}");
+    assert!(up.requests().iter().any(|r| r.header("traceparent").is_some_and(|t| t.contains(trace_id))));
+
+    assert_eq!(line("req-put")["bytes_in"], 4, "held (retryable) body counted");
+    let m = line("req-404");
+    assert_eq!((m["status"].as_u64(), m["route"].as_str(), m["bytes_in"].as_u64()), (Some(404), Some(""), Some(0)));
+    assert!(m["bytes_out"].as_u64().is_some_and(|b| b > 0), "the JSON error body is counted: {m}");
+}

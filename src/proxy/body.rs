@@ -3,6 +3,8 @@
 //! allocation and no dynamic dispatch.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,6 +18,8 @@ use super::exchange::Exchange;
 pub enum UpstreamBody {
     /// The client's body, streamed.
     Stream(Incoming),
+    /// The client's body, streamed, its bytes counted (for the access log).
+    Counted(Incoming, Arc<AtomicU64>),
     /// A body the gateway made or holds whole (health checks, empty bodies).
     Full(Option<Bytes>),
 }
@@ -23,6 +27,14 @@ pub enum UpstreamBody {
 impl UpstreamBody {
     pub fn empty() -> Self {
         UpstreamBody::Full(None)
+    }
+
+    /// The client's body, counted into `counter` when there is one.
+    pub fn client(body: Incoming, counter: Option<Arc<AtomicU64>>) -> Self {
+        match counter {
+            Some(c) => UpstreamBody::Counted(body, c),
+            None => UpstreamBody::Stream(body),
+        }
     }
 }
 
@@ -33,20 +45,27 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpstreamBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Counted(b, counter) => {
+                let out = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(d))) = &out {
+                    counter.fetch_add(d.data_ref().map_or(0, |d| d.len() as u64), Ordering::Relaxed);
+                }
+                out
+            }
             UpstreamBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Stream(b) => b.is_end_stream(),
+            UpstreamBody::Stream(b) | UpstreamBody::Counted(b, _) => b.is_end_stream(),
             UpstreamBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Stream(b) => b.size_hint(),
+            UpstreamBody::Stream(b) | UpstreamBody::Counted(b, _) => b.size_hint(),
             UpstreamBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             UpstreamBody::Full(None) => SizeHint::with_exact(0),
         }

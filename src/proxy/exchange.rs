@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method};
 
 use super::{headers, RouteEntry};
@@ -30,15 +31,20 @@ pub struct Exchange {
     bytes_out: u64,
     /// Present only when the access log is enabled, so a gateway with
     /// access logs off copies no strings per request.
-    log: Option<Box<LogFields>>,
+    log: Option<LogFields>,
     /// Present only when an OTLP exporter runs, so a gateway without one
     /// records no spans.
     span: Option<Box<RequestSpan>>,
     exporter: Option<Exporter>,
 }
 
+/// Kept inline and without copies (the path is a reference-counted slice of
+/// the request's own buffer), so the access log costs no allocation here.
 struct LogFields {
-    path: String,
+    path: Option<PathAndQuery>,
+    /// Request body bytes read from the client, shared with the body on its
+    /// way upstream; made only for a request that has a body.
+    bytes_in: Option<Arc<std::sync::atomic::AtomicU64>>,
     request_id: HeaderValue,
     trace_id: [u8; 32],
     body_error: bool,
@@ -48,18 +54,18 @@ impl Exchange {
     pub fn new(
         start: Instant,
         method: &Method,
-        path: &str,
+        uri: &http::Uri,
         request_id: &HeaderValue,
         exporter: Option<&Exporter>,
     ) -> Self {
-        let log = access_log_enabled().then(|| {
-            Box::new(LogFields {
-                path: path.to_string(),
-                request_id: request_id.clone(),
-                trace_id: [b'0'; 32],
-                body_error: false,
-            })
+        let log = access_log_enabled().then(|| LogFields {
+            path: uri.path_and_query().cloned(),
+            bytes_in: None,
+            request_id: request_id.clone(),
+            trace_id: [b'0'; 32],
+            body_error: false,
         });
+        let path = uri.path();
         let span = exporter.map(|_| {
             let now = otlp::unix_nanos();
             Box::new(RequestSpan {
@@ -91,6 +97,11 @@ impl Exchange {
             span,
             exporter: exporter.cloned(),
         }
+    }
+
+    /// Where the request body's size is counted (only with the access log on).
+    pub fn request_body_counter(&mut self) -> Option<Arc<std::sync::atomic::AtomicU64>> {
+        self.log.as_mut().map(|l| l.bytes_in.get_or_insert_with(Default::default).clone())
     }
 
     pub fn set_route(&mut self, route: Arc<RouteEntry>) {
@@ -220,21 +231,21 @@ impl Drop for Exchange {
         if let Some(l) = self.log.take() {
             let route = self.route.as_ref().map(|r| r.label.as_ref()).unwrap_or("");
             let service = self.service().map(|s| s.name.as_ref());
-            tracing::info!(
-                target: "waygate::access",
-                method = self.method.as_str(),
-                path = l.path.as_str(),
+            crate::telemetry::Access {
+                method: self.method.as_str(),
+                path: l.path.as_ref().map_or("/", |p| p.path()),
                 route,
-                service = service.unwrap_or(""),
-                endpoint = self.endpoint.as_ref().map_or("", |e| e.address.as_ref()),
-                status = self.status,
-                duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
-                bytes_out = self.bytes_out,
-                body_error = l.body_error,
-                request_id = l.request_id.to_str().unwrap_or(""),
-                trace_id = std::str::from_utf8(&l.trace_id).unwrap_or(""),
-                "request"
-            );
+                service: service.unwrap_or(""),
+                endpoint: self.endpoint.as_ref().map_or("", |e| e.address.as_ref()),
+                status: self.status,
+                duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+                bytes_in: l.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
+                bytes_out: self.bytes_out,
+                body_error: l.body_error,
+                request_id: l.request_id.to_str().unwrap_or(""),
+                trace_id: std::str::from_utf8(&l.trace_id).unwrap_or(""),
+            }
+            .emit();
         }
     }
 }

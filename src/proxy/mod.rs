@@ -195,7 +195,7 @@ impl Proxy {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         let request_id = headers::ensure_request_id(&mut parts.headers);
-        let mut ex = Exchange::new(start, &parts.method, parts.uri.path(), &request_id, self.otlp.get());
+        let mut ex = Exchange::new(start, &parts.method, &parts.uri, &request_id, self.otlp.get());
 
         let Some((route, prefix_end)) = self.route(&parts) else {
             ex.set_no_route(self.snapshot.load().no_route.clone());
@@ -230,10 +230,11 @@ impl Proxy {
         if let (Some(_), Some(budget)) = (retry, &service.budget) {
             budget.deposit();
         }
+        let counter = if http_body::Body::is_end_stream(&body) { None } else { ex.request_body_counter() };
         let mut body = match retry {
             // Bounded by the request's deadline: a client that stalls its
             // body holds its slot no longer than request_timeout.
-            Some(_) => match tokio::time::timeout_at(deadline, ReplayBody::hold(body, &parts.headers)).await {
+            Some(_) => match tokio::time::timeout_at(deadline, ReplayBody::hold(body, &parts.headers, counter)).await {
                 Ok(Ok(b)) => b,
                 Ok(Err(e)) => {
                     let err = GatewayError::BadRequest { message: format!("cannot read the request body: {e}") };
@@ -249,7 +250,7 @@ impl Proxy {
                     return error_response(&err, &request_id, ex);
                 }
             },
-            None => ReplayBody::Stream(Some(body)),
+            None => ReplayBody::Stream(Some(UpstreamBody::client(body, counter))),
         };
 
         // Circuit breaker, outside the retries: a request counts once.
@@ -495,7 +496,7 @@ fn attempt_request(parts: &http::request::Parts, endpoint: &Endpoint, body: Upst
 /// The request body as the retry loop sees it.
 enum ReplayBody {
     /// Streamed once; taken by the first attempt.
-    Stream(Option<Incoming>),
+    Stream(Option<UpstreamBody>),
     /// Small and complete: sent again on every attempt.
     Held(Option<Bytes>),
 }
@@ -503,7 +504,12 @@ enum ReplayBody {
 impl ReplayBody {
     /// Holds an empty or small (Content-Length ≤ 64 KiB) body so it can be
     /// replayed; anything else keeps streaming (and is not retried).
-    async fn hold(body: Incoming, headers: &http::HeaderMap) -> Result<ReplayBody, String> {
+    /// `counter` (access log on) receives the body's size.
+    async fn hold(
+        body: Incoming,
+        headers: &http::HeaderMap,
+        counter: Option<Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Result<ReplayBody, String> {
         use http_body::Body as _;
         use http_body_util::BodyExt as _;
         if body.is_end_stream() {
@@ -516,9 +522,12 @@ impl ReplayBody {
                     .await
                     .map_err(|e| e.to_string())?
                     .to_bytes();
+                if let Some(c) = counter {
+                    c.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(ReplayBody::Held((!bytes.is_empty()).then_some(bytes)))
             }
-            _ => Ok(ReplayBody::Stream(Some(body))),
+            _ => Ok(ReplayBody::Stream(Some(UpstreamBody::client(body, counter)))),
         }
     }
 
@@ -528,7 +537,7 @@ impl ReplayBody {
 
     fn take(&mut self) -> UpstreamBody {
         match self {
-            ReplayBody::Stream(b) => b.take().map(UpstreamBody::Stream).unwrap_or_else(UpstreamBody::empty),
+            ReplayBody::Stream(b) => b.take().unwrap_or_else(UpstreamBody::empty),
             ReplayBody::Held(b) => UpstreamBody::Full(b.clone()),
         }
     }
