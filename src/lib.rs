@@ -128,7 +128,10 @@ impl Gateway {
             opts,
             Shutdown { drain: admin_stop_rx.clone(), hard_stop: admin_stop_rx, tracker: admin_conns_tx },
             None,
-            move |req, _conn| admin::handle(a.clone(), req),
+            move |req, _conn| {
+                let a = a.clone();
+                async move { Ok(admin::handle(a, req).await) }
+            },
         ));
         let otlp = match &config.telemetry.otlp_endpoint {
             Some(endpoint) => match otlp::Exporter::start(endpoint, proxy.metrics()) {

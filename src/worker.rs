@@ -178,8 +178,7 @@ pub fn spawn(
                 };
                 let mut hard = shutdown.hard_stop.clone();
                 server::serve(listener, tls, opts, shutdown, Some(member), move |req, conn| {
-                    let p = proxy.clone();
-                    async move { p.handle(req, conn).await }
+                    proxy.clone().serve(req, conn)
                 })
                 .await;
                 // Accepting has stopped (drain); connections finish on this

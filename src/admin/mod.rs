@@ -143,7 +143,8 @@ fn upstreams(proxy: &Proxy) -> Value {
                     "circuit_breaker": match &svc.breaker {
                         Some(b) => json!({
                             "state": b.phase().as_str(),
-                            "retry_after_ms": b.retry_after().map(|d| d.as_millis() as u64),
+                            // Rounded up: 0 only once trials are really let through.
+                            "retry_after_ms": b.retry_after().map(|d| d.as_micros().div_ceil(1000) as u64),
                             "opened_total": b.transitions_to(Phase::Open),
                         }),
                         None => json!({"state": "disabled"}),

@@ -190,6 +190,15 @@ impl Proxy {
         });
     }
 
+    /// [`Proxy::handle`] in the shape a hyper service wants.
+    pub async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+        Ok(self.handle(req, conn).await)
+    }
+
     /// Serves one client request.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
         let start = Instant::now();
@@ -272,7 +281,9 @@ impl Proxy {
             };
             set_upstream_uri(&mut parts, &endpoint);
             ex.use_endpoint(endpoint);
-            return self.tunnel(parts, body.take(), &route, timeout, request_id, ex).await;
+            // Boxed (as is holding a body for retries): rare paths should not
+            // make every request's future, and every connection, larger.
+            return Box::pin(self.tunnel(parts, body.take(), &route, timeout, request_id, ex)).await;
         }
 
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
