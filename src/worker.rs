@@ -64,7 +64,7 @@ pub struct Spread {
 #[derive(Debug)]
 struct Slot {
     open: AtomicUsize,
-    handover: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    handover: mpsc::UnboundedSender<Handover>,
 }
 
 impl Spread {
@@ -87,8 +87,11 @@ impl Spread {
 pub struct Member {
     spread: Arc<Spread>,
     me: usize,
-    handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    handed: mpsc::UnboundedReceiver<Handover>,
 }
+
+/// A connection on its way to another worker, already counted against it.
+type Handover = (std::net::TcpStream, SocketAddr, Load);
 
 /// Counts a connection against its worker until dropped.
 #[derive(Debug)]
@@ -117,14 +120,8 @@ impl Member {
             return Some((stream, self.load(target)));
         }
         match stream.into_std() {
-            Ok(std) => {
-                let load = self.load(target);
-                if self.spread.slots[target].handover.send((std, remote)).is_err() {
-                    drop(load); // that worker has stopped: the connection closes
-                } else {
-                    std::mem::forget(load); // the receiver counts it from now on
-                }
-            }
+            // A worker that has stopped drops it: the connection closes.
+            Ok(std) => drop(self.spread.slots[target].handover.send((std, remote, self.load(target)))),
             Err(e) => tracing::debug!(%remote, error = %e, "cannot hand a connection over"),
         }
         None
@@ -133,8 +130,7 @@ impl Member {
     /// The next connection another worker handed to this one.
     pub async fn handed_over(&mut self) -> Option<(TcpStream, SocketAddr, Load)> {
         loop {
-            let (std, remote) = self.handed.recv().await?;
-            let load = Load { spread: self.spread.clone(), slot: self.me };
+            let (std, remote, load) = self.handed.recv().await?;
             match TcpStream::from_std(std) {
                 Ok(s) => return Some((s, remote, load)),
                 Err(e) => tracing::debug!(%remote, error = %e, "cannot take a handed-over connection"),
