@@ -201,7 +201,6 @@ pub fn subscriber(
     out: Box<dyn Write + Send>,
 ) -> (tracing::Dispatch, LogGuard) {
     use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::Layer;
     let (writer, guard) = spawn_writer(out);
     let dispatch = match format {
         LogFormat::Pretty => {
@@ -209,22 +208,88 @@ pub fn subscriber(
         }
         LogFormat::Json => {
             let access = AccessJson(writer.0.clone());
-            let others = tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_writer(writer)
-                // A static target filter: its verdict is cached per callsite,
-                // so access events cost this layer nothing per request.
-                .with_filter(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_default(tracing::Level::TRACE)
-                        .with_target(ACCESS_TARGET, tracing_subscriber::filter::LevelFilter::OFF),
-                );
+            let others = SkipAccess(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(writer),
+            );
             tracing::Dispatch::new(tracing_subscriber::registry().with(filter).with(others).with(access))
         }
     };
     (dispatch, guard)
+}
+
+/// The generic JSON layer minus access events (the access layer writes
+/// those). A wrapper rather than a per-layer filter on purpose: with a
+/// per-layer filter the access callsite's interest becomes "sometimes", and
+/// every request then pays `EnvFilter` matching twice and the registry's
+/// filter bookkeeping; here every callsite's interest stays cached.
+struct SkipAccess<L>(L);
+
+impl<S: tracing::Subscriber, L: tracing_subscriber::Layer<S>> tracing_subscriber::Layer<S> for SkipAccess<L> {
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.0.on_register_dispatch(subscriber)
+    }
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.0.on_layer(subscriber)
+    }
+    fn register_callsite(&self, m: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        self.0.register_callsite(m)
+    }
+    fn enabled(&self, m: &tracing::Metadata<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        self.0.enabled(m, ctx)
+    }
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_new_span(attrs, id, ctx)
+    }
+    fn on_record(
+        &self,
+        span: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_record(span, values, ctx)
+    }
+    fn on_follows_from(
+        &self,
+        span: &tracing::span::Id,
+        follows: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_follows_from(span, follows, ctx)
+    }
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != ACCESS_TARGET {
+            self.0.on_event(event, ctx)
+        }
+    }
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_enter(id, ctx)
+    }
+    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_exit(id, ctx)
+    }
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_close(id, ctx)
+    }
+    fn on_id_change(
+        &self,
+        old: &tracing::span::Id,
+        new: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_id_change(old, new, ctx)
+    }
+    fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
+        self.0.max_level_hint()
+    }
 }
 
 /// One access-log record: the event emitted once per request.
