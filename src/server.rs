@@ -165,11 +165,10 @@ pub async fn serve<F, Fut>(
             max_head: opts.max_header_bytes,
         };
         let make = make.clone();
-        let fut = async move {
-            let _load = load;
+        tokio::spawn(async move {
+            let _load = load; // counted against this worker while the connection lives
             conn.run(stream, remote, make).await
-        };
-        tokio::spawn(fut);
+        });
     }
     drop(listener);
 }

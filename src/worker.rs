@@ -139,6 +139,15 @@ impl Member {
     }
 }
 
+/// The `n` members of one new [`Spread`], in worker order.
+fn members(n: usize) -> Vec<Member> {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+    let spread = Arc::new(Spread {
+        slots: txs.into_iter().map(|handover| Slot { open: AtomicUsize::new(0), handover }).collect(),
+    });
+    rxs.into_iter().enumerate().map(|(me, handed)| Member { spread: spread.clone(), me, handed }).collect()
+}
+
 /// Starts `n` workers serving `listener`. Each worker stops accepting when
 /// `shutdown.drain` flips and exits when `shutdown.hard_stop` does; the
 /// returned receiver yields `None` once every worker thread has finished.
@@ -152,12 +161,7 @@ pub fn spawn(
 ) -> std::io::Result<mpsc::Receiver<()>> {
     listener.set_nonblocking(true)?;
     let (done_tx, done_rx) = mpsc::channel(1);
-    let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
-    let spread = Arc::new(Spread {
-        slots: txs.into_iter().map(|handover| Slot { open: AtomicUsize::new(0), handover }).collect(),
-    });
-    for (i, handed) in (1..=n).zip(rxs.drain(..)) {
-        let member = Member { spread: spread.clone(), me: i - 1, handed };
+    for (i, member) in (1..=n).zip(members(n)) {
         let listener = listener.try_clone()?;
         let (tls, opts, shutdown, proxy, done) =
             (tls.clone(), opts.clone(), shutdown.clone(), proxy.clone(), done_tx.clone());
@@ -193,14 +197,6 @@ pub fn spawn(
 mod tests {
     use super::*;
 
-    fn spread(n: usize) -> Vec<Member> {
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
-        let spread = Arc::new(Spread {
-            slots: txs.into_iter().map(|handover| Slot { open: AtomicUsize::new(0), handover }).collect(),
-        });
-        rxs.into_iter().enumerate().map(|(me, handed)| Member { spread: spread.clone(), me, handed }).collect()
-    }
-
     async fn connection(listener: &tokio::net::TcpListener) -> (TcpStream, SocketAddr, TcpStream) {
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, remote) = listener.accept().await.unwrap();
@@ -210,7 +206,7 @@ mod tests {
     #[tokio::test]
     async fn connections_accepted_by_one_worker_are_spread_evenly() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut members = spread(2);
+        let mut members = members(2);
         let mut kept = Vec::new();
         let mut clients = Vec::new();
         for _ in 0..4 {
@@ -238,7 +234,7 @@ mod tests {
 
     #[test]
     fn ties_stay_with_the_accepting_worker() {
-        let members = spread(3);
+        let members = members(3);
         assert_eq!(members[2].spread.least_loaded(2), 2);
         members[0].spread.slots[2].open.store(1, Ordering::Relaxed);
         assert_eq!(members[2].spread.least_loaded(2), 0);

@@ -281,8 +281,8 @@ impl Proxy {
             };
             set_upstream_uri(&mut parts, &endpoint);
             ex.use_endpoint(endpoint);
-            // Boxed (as is holding a body for retries): rare paths should not
-            // make every request's future, and every connection, larger.
+            // Boxed: a rare path should not make every request's future, and
+            // so every idle connection (hyper keeps room for it), larger.
             return Box::pin(self.tunnel(parts, body.take(), &route, timeout, request_id, ex)).await;
         }
 
