@@ -30,7 +30,7 @@ impl Drop for LogGuard {
 /// How often buffered lines are written out.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Past this, the writer thread is woken early.
-const FLUSH_AT: usize = 64 * 1024;
+const FLUSH_AT: usize = 256 * 1024;
 /// Past this (stderr not keeping up), new lines are dropped and counted.
 const MAX_BUFFER: usize = 8 * 1024 * 1024;
 
@@ -313,6 +313,10 @@ impl Access<'_> {
     pub fn emit(&self) {
         tracing::info!(
             target: "waygate::access",
+            // A plain string field rather than a format string: the
+            // formatters treat a field named `message` as the message, and
+            // a `&str` skips `core::fmt` on every request.
+            message = "request",
             method = self.method,
             path = self.path,
             route = self.route,
@@ -325,7 +329,6 @@ impl Access<'_> {
             body_error = self.body_error,
             request_id = self.request_id,
             trace_id = self.trace_id,
-            "request"
         );
     }
 }

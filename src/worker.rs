@@ -148,6 +148,26 @@ fn members(n: usize) -> Vec<Member> {
     rxs.into_iter().enumerate().map(|(me, handed)| Member { spread: spread.clone(), me, handed }).collect()
 }
 
+/// How often [`timer_anchor`] ticks: below every per-request deadline in
+/// common use (the header-read timeout defaults to 10 s).
+const ANCHOR_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps a timer pending on a worker's runtime at all times. tokio's timer
+/// driver writes to the runtime's eventfd whenever a new timer is due before
+/// the earliest one it knew of when it last parked, and with no timer pending
+/// that is *every* new timer: hyper's header-read deadline, armed once per
+/// request, then cost a `write(2)` and a spurious wake-up for about one
+/// request in five (counted with perf under wrk; none with the anchor). With
+/// this tick always due within [`ANCHOR_TICK`], a deadline further out never
+/// wakes the driver; shorter ones still do, as they must.
+async fn timer_anchor() {
+    let mut tick = tokio::time::interval(ANCHOR_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
 /// Starts `n` workers serving `listener`. Each worker stops accepting when
 /// `shutdown.drain` flips and exits when `shutdown.hard_stop` does; the
 /// returned receiver yields `None` once every worker thread has finished.
@@ -169,6 +189,7 @@ pub fn spawn(
         std::thread::Builder::new().name(format!("waygate-worker-{i}")).spawn(move || {
             INDEX.with(|c| c.set(i));
             runtime.block_on(async move {
+                tokio::spawn(timer_anchor());
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
