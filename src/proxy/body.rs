@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::client::Pooled;
 use super::exchange::Exchange;
 
 /// A request body on its way to an upstream.
@@ -22,6 +23,9 @@ pub enum UpstreamBody {
     Counted(Incoming, Arc<AtomicU64>),
     /// A body the gateway made or holds whole (health checks, empty bodies).
     Full(Option<Bytes>),
+    /// An upstream's response body, streamed to the client (its connection
+    /// goes back to the pool when it ends).
+    Answer(Pooled),
 }
 
 impl UpstreamBody {
@@ -53,6 +57,7 @@ impl Body for UpstreamBody {
                 out
             }
             UpstreamBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            UpstreamBody::Answer(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -60,6 +65,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Stream(b) | UpstreamBody::Counted(b, _) => b.is_end_stream(),
             UpstreamBody::Full(b) => b.is_none(),
+            UpstreamBody::Answer(b) => b.is_end_stream(),
         }
     }
 
@@ -68,6 +74,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Stream(b) | UpstreamBody::Counted(b, _) => b.size_hint(),
             UpstreamBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             UpstreamBody::Full(None) => SizeHint::with_exact(0),
+            UpstreamBody::Answer(b) => b.size_hint(),
         }
     }
 }
@@ -96,8 +103,8 @@ impl ResponseBody {
         Self::new(UpstreamBody::Full(None))
     }
 
-    pub fn stream(b: Incoming) -> Self {
-        Self::new(UpstreamBody::Stream(b))
+    pub fn stream(b: Pooled) -> Self {
+        Self::new(UpstreamBody::Answer(b))
     }
 
     fn new(inner: UpstreamBody) -> Self {

@@ -40,6 +40,7 @@ use crate::registry::{Endpoint, Registry};
 use crate::retry;
 use crate::service::Service;
 pub use body::{ResponseBody, UpstreamBody};
+use client::Pooled;
 use exchange::Exchange;
 use router::Router;
 
@@ -318,7 +319,7 @@ impl Proxy {
             let outcome = match &result {
                 Ok(Ok(resp)) if resp.status().is_server_error() => Outcome::Http5xx(resp.status().as_u16()),
                 Ok(Ok(_)) => Outcome::Success,
-                Ok(Err(e)) if client_body_failed(e) => {
+                Ok(Err(e)) if e.is_client_body() => {
                     // The client's body broke (bad chunking, client gone):
                     // not the upstream's fault, so no outlier/breaker verdict.
                     drop(ticket.take());
@@ -403,7 +404,7 @@ impl Proxy {
             Err(_) => return error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex),
         };
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            return upstream_response(resp, &request_id, ex);
+            return upstream_response(resp.map(Pooled::unpooled), &request_id, ex);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut head, _) = resp.into_parts();
@@ -435,7 +436,7 @@ impl Proxy {
 
 /// The client's answer for an attempt's result.
 fn answer<E: std::error::Error + Send + Sync + 'static>(
-    result: Result<Result<Response<Incoming>, E>, tokio::time::error::Elapsed>,
+    result: Result<Result<Response<Pooled>, E>, tokio::time::error::Elapsed>,
     service: &Service,
     endpoint: &Endpoint,
     timeout: Duration,
@@ -467,19 +468,6 @@ fn connect_error(
 
 fn timeout_error(service: &Service, endpoint: &Endpoint, timeout: Duration) -> GatewayError {
     GatewayError::UpstreamTimeout { service: service.name.to_string(), endpoint: endpoint.address.to_string(), timeout }
-}
-
-/// Whether an upstream exchange failed because the client's request body
-/// failed while it was being forwarded (hyper reports that as a "user" error).
-fn client_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = cur {
-        if err.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user()) {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }
 
 /// Points the request at `endpoint` (absolute-form URI: the pool is keyed by it).
@@ -594,7 +582,7 @@ fn rewrite_request(
 
 /// The upstream's response on its way back: hop-by-hop headers out, request
 /// id in, body streamed with the exchange attached.
-fn upstream_response(resp: Response<Incoming>, request_id: &HeaderValue, mut ex: Exchange) -> Response<ResponseBody> {
+fn upstream_response(resp: Response<Pooled>, request_id: &HeaderValue, mut ex: Exchange) -> Response<ResponseBody> {
     let (mut head, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut head.headers, false);
     head.headers.insert(headers::X_REQUEST_ID.clone(), request_id.clone());

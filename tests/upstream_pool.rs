@@ -1,0 +1,136 @@
+//! The per-worker upstream connection pool against raw TCP upstreams whose
+//! connection handling the test controls byte by byte: a connection the
+//! upstream closed while idle is never used for a request, a response body
+//! abandoned half-way does not leave its connection in the pool, and
+//! bodiless answers (HEAD, 204) keep theirs.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Reads one request head (no body: the tests send none); false at EOF.
+async fn read_head(s: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A raw upstream: `serve` runs for each accepted connection; the count of
+/// accepted connections is shared.
+async fn raw_upstream<F, Fut>(serve: F) -> (String, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(s));
+        }
+    });
+    (addr, accepted)
+}
+
+fn config(addr: &str) -> String {
+    service_toml("svc", &[addr.to_string()], "request_timeout = \"2s\"") + &route_toml("/", "svc", "")
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
+    // Answers one request with keep-alive semantics (no `Connection:
+    // close`), then hangs up, as an upstream whose idle timeout fired would.
+    let (closed_tx, mut closed) = mpsc::unbounded_channel();
+    let (addr, accepted) = raw_upstream(move |mut s| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            if read_head(&mut s).await {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+            }
+            drop(s);
+            let _ = closed_tx.send(());
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&config(&addr)).await;
+    const N: usize = 5;
+    for i in 0..N {
+        let r = gw.get(&format!("/x/{i}")).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.text(), "ok");
+        // The next request goes out only once this connection is closed.
+        within(Duration::from_secs(5), "upstream hangs up", closed.recv()).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), N, "one fresh connection per request");
+}
+
+#[tokio::test]
+async fn an_abandoned_response_body_does_not_return_its_connection() {
+    // The first connection promises 1 MB and sends 10 bytes, then waits; the
+    // others answer in full.
+    let (addr, accepted) = raw_upstream(|mut s| async move {
+        static FIRST: AtomicUsize = AtomicUsize::new(0);
+        let first = FIRST.fetch_add(1, Ordering::SeqCst) == 0;
+        while read_head(&mut s).await {
+            if first {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n0123456789").await;
+                let mut rest = [0u8; 1];
+                let _ = s.read(&mut rest).await; // until the gateway closes it
+                return;
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfull").await;
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&config(&addr)).await;
+    let resp = gw.send(Request::get("/big").body(empty()).unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    drop(resp); // the client walks away mid-body
+    for i in 0..3 {
+        let r = gw.get(&format!("/small/{i}")).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "full"), "request {i}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "the half-read connection was not reused");
+}
+
+#[tokio::test]
+async fn bodiless_answers_keep_their_connection() {
+    let (addr, accepted) = raw_upstream(|mut s| async move {
+        let mut n = 0;
+        while read_head(&mut s).await {
+            n += 1;
+            let answer: &[u8] = if n % 2 == 1 {
+                b"HTTP/1.1 204 No Content\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n" // to a HEAD: no body follows
+            };
+            let _ = s.write_all(answer).await;
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&config(&addr)).await;
+    for i in 0..10 {
+        let req = if i % 2 == 0 { Request::get("/nothing") } else { Request::head("/head") };
+        let r = gw.request(req.body(empty()).unwrap()).await;
+        assert_eq!(r.status.as_u16(), if i % 2 == 0 { 204 } else { 200 }, "request {i}");
+        assert!(r.body.is_empty());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "ten bodiless answers over one connection");
+}
