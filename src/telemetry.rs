@@ -30,7 +30,7 @@ impl Drop for LogGuard {
 /// How often buffered lines are written out.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Past this, the writer thread is woken early.
-const FLUSH_AT: usize = 256 * 1024;
+const FLUSH_AT: usize = 64 * 1024;
 /// Past this (stderr not keeping up), new lines are dropped and counted.
 const MAX_BUFFER: usize = 8 * 1024 * 1024;
 
