@@ -23,9 +23,6 @@ pub enum UpstreamBody {
     Counted(Incoming, Arc<AtomicU64>),
     /// A body the gateway made or holds whole (health checks, empty bodies).
     Full(Option<Bytes>),
-    /// An upstream's response body, streamed to the client (its connection
-    /// goes back to the pool when it ends).
-    Answer(Pooled),
 }
 
 impl UpstreamBody {
@@ -57,7 +54,6 @@ impl Body for UpstreamBody {
                 out
             }
             UpstreamBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            UpstreamBody::Answer(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -65,7 +61,6 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Stream(b) | UpstreamBody::Counted(b, _) => b.is_end_stream(),
             UpstreamBody::Full(b) => b.is_none(),
-            UpstreamBody::Answer(b) => b.is_end_stream(),
         }
     }
 
@@ -74,7 +69,41 @@ impl Body for UpstreamBody {
             UpstreamBody::Stream(b) | UpstreamBody::Counted(b, _) => b.size_hint(),
             UpstreamBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             UpstreamBody::Full(None) => SizeHint::with_exact(0),
-            UpstreamBody::Answer(b) => b.size_hint(),
+        }
+    }
+}
+
+/// What a response body carries: bytes the gateway made, or an upstream's
+/// body streamed (its connection goes back to the pool when it ends). Apart
+/// from [`UpstreamBody`] so that request bodies stay small.
+#[derive(Debug)]
+enum Answer {
+    Made(Option<Bytes>),
+    Upstream(Pooled),
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Answer::Made(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            Answer::Upstream(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::Made(b) => b.is_none(),
+            Answer::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Answer::Made(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Answer::Upstream(b) => b.size_hint(),
         }
     }
 }
@@ -82,7 +111,7 @@ impl Body for UpstreamBody {
 /// A response body on its way to the client, carrying the request's
 /// [`Exchange`] so counters stay exact however the exchange ends.
 pub struct ResponseBody {
-    inner: UpstreamBody,
+    inner: Answer,
     done: Option<Exchange>,
     bytes: u64,
     failed: bool,
@@ -96,18 +125,18 @@ impl std::fmt::Debug for ResponseBody {
 
 impl ResponseBody {
     pub fn full(b: Bytes) -> Self {
-        Self::new(UpstreamBody::Full(Some(b)))
+        Self::new(Answer::Made(Some(b)))
     }
 
     pub fn empty() -> Self {
-        Self::new(UpstreamBody::Full(None))
+        Self::new(Answer::Made(None))
     }
 
     pub fn stream(b: Pooled) -> Self {
-        Self::new(UpstreamBody::Answer(b))
+        Self::new(Answer::Upstream(b))
     }
 
-    fn new(inner: UpstreamBody) -> Self {
+    fn new(inner: Answer) -> Self {
         ResponseBody { inner, done: None, bytes: 0, failed: false }
     }
 

@@ -13,6 +13,7 @@
 //! that read it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -88,29 +89,41 @@ impl HttpClient {
     /// connection to that endpoint, or a new one. A request the connection
     /// never took (it closed while idle, before anything was written) is
     /// sent again on another connection, like the legacy client does.
-    pub async fn request(&self, mut req: Request<UpstreamBody>) -> Result<Response<Pooled>, UpstreamError> {
-        let key = req.uri().authority().cloned().ok_or(UpstreamError::NoAuthority)?;
-        if !req.headers().contains_key(HOST) {
-            let host = HeaderValue::from_str(key.as_str()).expect("an authority is a valid header value");
-            req.headers_mut().insert(HOST, host);
+    ///
+    /// Not an `async fn`: its request parameter would be stored twice in
+    /// the future (as argument and as the mutable local), and this future is
+    /// moved on every request.
+    pub fn request(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<Pooled>, UpstreamError>> + Send + '_ {
+        let key = req.uri().authority().cloned();
+        if let Some(key) = &key {
+            if !req.headers().contains_key(HOST) {
+                let host = HeaderValue::from_str(key.as_str()).expect("an authority is a valid header value");
+                req.headers_mut().insert(HOST, host);
+            }
+            // Origin-form on the wire: `GET /path HTTP/1.1`.
+            let origin = req.uri().path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+            *req.uri_mut() = origin;
         }
-        // Origin-form on the wire: `GET /path HTTP/1.1`.
-        let origin = req.uri().path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-        *req.uri_mut() = origin;
-        loop {
-            let (mut sender, reused) = match self.checkout(&key).await {
-                Some(s) => (s, true),
-                None => (self.connect(&key).await?, false),
-            };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let lease = Lease { pool: self.0.clone(), key, sender };
-                    return Ok(resp.map(|body| Pooled { body, lease: Some(lease) }));
+        async move {
+            let key = key.ok_or(UpstreamError::NoAuthority)?;
+            loop {
+                let (mut sender, reused) = match self.checkout(&key).await {
+                    Some(s) => (s, true),
+                    None => (self.connect(&key).await?, false),
+                };
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let lease = Lease { pool: self.0.clone(), key, sender };
+                        return Ok(resp.map(|body| Pooled { body, lease: Some(lease) }));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(r) if reused => req = r,
+                        _ => return Err(UpstreamError::Http(e.into_error())),
+                    },
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(r) if reused => req = r,
-                    _ => return Err(UpstreamError::Http(e.into_error())),
-                },
             }
         }
     }
