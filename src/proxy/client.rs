@@ -15,7 +15,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -29,10 +30,10 @@ use hyper_util::rt::TokioIo;
 
 use super::body::UpstreamBody;
 
-/// Idle pooled connections are not reused after this (below the 60-120 s
-/// that common upstream servers use, so the gateway never sends on a
-/// connection the upstream is closing); they are dropped when their pool is
-/// next used for that endpoint.
+/// Idle pooled connections are not reused after this and are closed by the
+/// next [`sweep`] (below the 60-120 s that common upstream servers use, so
+/// the gateway closes first and rarely sends on a connection the upstream
+/// is closing).
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// At most this many idle connections are kept per endpoint (per worker);
@@ -78,10 +79,12 @@ struct Pool {
     /// only ever taken by one worker (each has its own pool), so it is
     /// uncontended; it exists because request futures must be `Send`.
     idle: Mutex<HashMap<Authority, Vec<(Sender, Instant)>>>,
+    /// Whether [`sweep`] runs for this pool (started with its first connection).
+    sweeping: AtomicBool,
 }
 
 pub fn build(connect_timeout: Duration) -> HttpClient {
-    HttpClient(Arc::new(Pool { connect_timeout, idle: Mutex::new(HashMap::new()) }))
+    HttpClient(Arc::new(Pool { connect_timeout, idle: Mutex::new(HashMap::new()), sweeping: AtomicBool::new(false) }))
 }
 
 impl HttpClient {
@@ -100,7 +103,9 @@ impl HttpClient {
         let key = req.uri().authority().cloned();
         if let Some(key) = &key {
             if !req.headers().contains_key(HOST) {
-                let host = HeaderValue::from_str(key.as_str()).expect("an authority is a valid header value");
+                // Without the default port, as the legacy client wrote it.
+                let host = if key.port_u16() == Some(80) { key.host() } else { key.as_str() };
+                let host = HeaderValue::from_str(host).expect("an authority is a valid header value");
                 req.headers_mut().insert(HOST, host);
             }
             // Origin-form on the wire: `GET /path HTTP/1.1`.
@@ -110,7 +115,7 @@ impl HttpClient {
         async move {
             let key = key.ok_or(UpstreamError::NoAuthority)?;
             loop {
-                let (mut sender, reused) = match self.checkout(&key).await {
+                let (mut sender, reused) = match self.checkout(&key) {
                     Some(s) => (s, true),
                     None => (self.connect(&key).await?, false),
                 };
@@ -129,24 +134,17 @@ impl HttpClient {
     }
 
     /// An idle connection to `key` that is ready for a request, if any.
-    async fn checkout(&self, key: &Authority) -> Option<Sender> {
-        loop {
-            let mut sender = {
-                let mut idle = self.0.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let list = idle.get_mut(key)?;
-                loop {
-                    let (s, since) = list.pop()?;
-                    if !s.is_closed() && since.elapsed() < POOL_IDLE_TIMEOUT {
-                        break s;
-                    }
-                }
-            };
-            // A connection comes back when its response body has ended; its
-            // task may not have seen that yet.
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                return Some(sender);
+    /// Only ready connections are pooled, so one that is not ready here is
+    /// closing: it is dropped, never waited on.
+    fn checkout(&self, key: &Authority) -> Option<Sender> {
+        let mut idle = self.0.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(key)?;
+        while let Some((s, since)) = list.pop() {
+            if s.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(s);
             }
         }
+        None
     }
 
     async fn connect(&self, key: &Authority) -> Result<Sender, UpstreamError> {
@@ -161,6 +159,9 @@ impl HttpClient {
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        if !self.0.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(sweep(Arc::downgrade(&self.0)));
+        }
         // The connection runs on this worker, beside the requests it serves.
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -179,12 +180,32 @@ struct Lease {
 }
 
 impl Lease {
+    /// Pools the connection if it can take a request now. One that cannot
+    /// yet (the upstream answered before the request body was sent, or the
+    /// connection's task has not seen the end of the response) is pooled by
+    /// a small task once it can, or dropped if it closes: a connection in
+    /// the pool is never one a request would have to wait for.
     fn release(self) {
-        if self.sender.is_closed() {
-            return;
+        if self.sender.is_ready() {
+            self.pool.put(self.key, self.sender);
+        } else if !self.sender.is_closed() {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+            let (pool, key, mut sender) = (Arc::downgrade(&self.pool), self.key, self.sender);
+            rt.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.put(key, sender);
+                    }
+                }
+            });
         }
-        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(self.key).or_default();
+    }
+}
+
+impl Pool {
+    fn put(&self, key: Authority, sender: Sender) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_ENDPOINT {
             // Make room from the stale end first.
             list.retain(|(s, since)| !s.is_closed() && since.elapsed() < POOL_IDLE_TIMEOUT);
@@ -192,7 +213,37 @@ impl Lease {
                 return;
             }
         }
-        list.push((self.sender, Instant::now()));
+        list.push((sender, Instant::now()));
+    }
+
+    /// Closes idle connections past [`POOL_IDLE_TIMEOUT`] or already closed,
+    /// and forgets endpoints with none left (endpoints come and go with the
+    /// registry).
+    fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|(s, since)| !s.is_closed() && since.elapsed() < POOL_IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    }
+}
+
+/// How often a pool is swept: an idle connection is closed between
+/// [`POOL_IDLE_TIMEOUT`] and this much later.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Sweeps `pool` on the runtime that uses it until the pool is dropped
+/// (its service was replaced or removed).
+async fn sweep(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.sweep(),
+            None => return,
+        }
     }
 }
 
@@ -233,7 +284,8 @@ impl Body for Pooled {
         let out = Pin::new(&mut this.body).poll_frame(cx);
         match &out {
             Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            // hyper stops polling a body after its trailers.
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() || this.body.is_end_stream() => this.release(),
             Poll::Ready(Some(Err(_))) => drop(this.lease.take()),
             _ => {}
         }
@@ -278,4 +330,50 @@ pub async fn send_upgrade(
         }
     });
     Ok(sender.send_request(req).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn sweep_closes_nothing_live_and_forgets_closed_connections_and_their_endpoint() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            let _ = close_rx.await;
+        });
+        let client = build(Duration::from_secs(2));
+        let req = Request::get(format!("http://{addr}/")).body(UpstreamBody::empty()).unwrap();
+        let body = client.request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let idle = |c: &HttpClient| c.0.idle.lock().unwrap().values().map(Vec::len).sum::<usize>();
+        assert_eq!(idle(&client), 1, "read to the end, the connection is pooled");
+        client.0.sweep();
+        assert_eq!(idle(&client), 1, "a live, fresh connection survives a sweep");
+
+        drop(close_tx); // the upstream hangs up
+        let closed = |c: &HttpClient| c.0.idle.lock().unwrap().values().flatten().all(|(s, _)| s.is_closed());
+        for _ in 0..400 {
+            if closed(&client) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(closed(&client), "the pooled connection saw the upstream close within 2 s");
+        client.0.sweep();
+        assert!(client.0.idle.lock().unwrap().is_empty(), "the endpoint is forgotten");
+    }
 }

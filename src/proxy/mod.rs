@@ -207,6 +207,14 @@ impl Proxy {
         let request_id = headers::ensure_request_id(&mut parts.headers);
         let mut ex = Exchange::new(start, &parts.method, &parts.uri, &request_id, self.otlp.get());
 
+        // A reverse proxy has no use for CONNECT: its authority-form target
+        // names no path to route (it is counted with the unrouted requests).
+        if parts.method == http::Method::CONNECT {
+            ex.set_no_route(self.snapshot.load().no_route.clone());
+            let message = "CONNECT is not supported: waygate is a reverse proxy, not a forward proxy".to_string();
+            return error_response(&GatewayError::BadRequest { message }, &request_id, ex);
+        }
+
         let Some((route, prefix_end)) = self.route(&parts) else {
             ex.set_no_route(self.snapshot.load().no_route.clone());
             let err = GatewayError::NoRoute { method: parts.method.clone(), path: parts.uri.path().to_string() };
