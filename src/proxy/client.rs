@@ -36,6 +36,11 @@ use super::body::UpstreamBody;
 /// is closing).
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
+/// Whether a connection pooled at `since` may still be used.
+fn fresh(since: Instant) -> bool {
+    since.elapsed() < POOL_IDLE_TIMEOUT
+}
+
 /// At most this many idle connections are kept per endpoint (per worker);
 /// more are closed when they finish.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -140,7 +145,7 @@ impl HttpClient {
         let mut idle = self.0.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
         while let Some((s, since)) = list.pop() {
-            if s.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+            if s.is_ready() && fresh(since) {
                 return Some(s);
             }
         }
@@ -206,14 +211,10 @@ impl Pool {
     fn put(&self, key: Authority, sender: Sender) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(key).or_default();
-        if list.len() >= MAX_IDLE_PER_ENDPOINT {
-            // Make room from the stale end first.
-            list.retain(|(s, since)| !s.is_closed() && since.elapsed() < POOL_IDLE_TIMEOUT);
-            if list.len() >= MAX_IDLE_PER_ENDPOINT {
-                return;
-            }
+        // Full (the sweep clears stale entries): the connection closes.
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push((sender, Instant::now()));
         }
-        list.push((sender, Instant::now()));
     }
 
     /// Closes idle connections past [`POOL_IDLE_TIMEOUT`] or already closed,
@@ -222,7 +223,7 @@ impl Pool {
     fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, list| {
-            list.retain(|(s, since)| !s.is_closed() && since.elapsed() < POOL_IDLE_TIMEOUT);
+            list.retain(|(s, since)| !s.is_closed() && fresh(*since));
             !list.is_empty()
         });
     }
