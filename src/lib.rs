@@ -31,7 +31,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use config::Config;
@@ -56,9 +56,9 @@ pub struct Gateway {
     proxy: Arc<Proxy>,
     admin: Arc<admin::AdminState>,
     config: Arc<Config>,
-    drain_tx: watch::Sender<bool>,
-    hard_tx: watch::Sender<bool>,
-    admin_stop_tx: watch::Sender<bool>,
+    drain: server::Signal,
+    hard_stop: server::Signal,
+    admin_stop: server::Signal,
     conns_rx: mpsc::Receiver<()>,
     /// Yields `None` once every proxy worker thread has ended.
     workers_rx: mpsc::Receiver<()>,
@@ -102,9 +102,8 @@ impl Gateway {
         }
         let admin = Arc::new(admin::AdminState::new(proxy.clone()));
 
-        let (drain_tx, drain_rx) = watch::channel(false);
-        let (hard_tx, hard_rx) = watch::channel(false);
-        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let (drain, hard_stop, admin_stop) =
+            (server::Signal::default(), server::Signal::default(), server::Signal::default());
         let (conns_tx, conns_rx) = mpsc::channel(1);
         let opts = ListenerOptions::from_config(g);
 
@@ -114,7 +113,7 @@ impl Gateway {
             proxy_listener,
             tls,
             opts.clone(),
-            Shutdown { drain: drain_rx, hard_stop: hard_rx.clone(), tracker: conns_tx },
+            Shutdown { drain: drain.clone(), hard_stop: hard_stop.clone(), tracker: conns_tx },
             proxy.clone(),
         )
         .map_err(StartError::Workers)?;
@@ -126,7 +125,7 @@ impl Gateway {
             admin_listener,
             None,
             opts,
-            Shutdown { drain: admin_stop_rx.clone(), hard_stop: admin_stop_rx, tracker: admin_conns_tx },
+            Shutdown { drain: admin_stop.clone(), hard_stop: admin_stop.clone(), tracker: admin_conns_tx },
             None,
             move |req, _conn| {
                 let a = a.clone();
@@ -154,9 +153,9 @@ impl Gateway {
             proxy,
             admin,
             config,
-            drain_tx,
-            hard_tx,
-            admin_stop_tx,
+            drain,
+            hard_stop,
+            admin_stop,
             conns_rx,
             workers_rx,
             background: tasks,
@@ -189,7 +188,7 @@ impl Gateway {
     /// until the end. Returns true when every connection finished in time.
     pub async fn shutdown(mut self) -> bool {
         self.admin.draining.store(true, Ordering::SeqCst);
-        let _ = self.drain_tx.send(true);
+        self.drain.set();
         let timeout = self.config.gateway.drain_timeout;
         tracing::info!(?timeout, "draining: no new connections, finishing in-flight requests");
         let drained = tokio::time::timeout(timeout, self.conns_rx.recv()).await.is_ok();
@@ -199,11 +198,11 @@ impl Gateway {
             tracing::warn!(?timeout, "drain_timeout passed; cutting the remaining connections");
         }
         // Ends the workers (and cuts what is left after a timeout).
-        let _ = self.hard_tx.send(true);
+        self.hard_stop.set();
         if tokio::time::timeout(std::time::Duration::from_secs(1), self.workers_rx.recv()).await.is_err() {
             tracing::warn!("a proxy worker did not stop within 1s");
         }
-        let _ = self.admin_stop_tx.send(true);
+        self.admin_stop.set();
         for t in &self.background {
             t.abort();
         }
@@ -227,9 +226,9 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         // A gateway dropped without `shutdown` (tests) stops serving at once.
-        let _ = self.drain_tx.send(true);
-        let _ = self.hard_tx.send(true);
-        let _ = self.admin_stop_tx.send(true);
+        self.drain.set();
+        self.hard_stop.set();
+        self.admin_stop.set();
         for t in &self.background {
             t.abort();
         }

@@ -13,8 +13,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -22,7 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{GatewayConfig, TlsConfig};
@@ -98,12 +99,79 @@ fn display_pair(a: &Path, b: &Path) -> String {
 /// Signals shared by every connection of a server.
 #[derive(Clone)]
 pub struct Shutdown {
-    /// Flips to true: stop accepting, finish in-flight requests, close.
-    pub drain: watch::Receiver<bool>,
-    /// Flips to true: close every connection now.
-    pub hard_stop: watch::Receiver<bool>,
+    /// Set: stop accepting, finish in-flight requests, close.
+    pub drain: Signal,
+    /// Set: close every connection now.
+    pub hard_stop: Signal,
     /// Dropped by each connection task when it ends.
     pub tracker: mpsc::Sender<()>,
+}
+
+/// A flag that is set once and wakes every task waiting for it.
+///
+/// Every connection waits for two (drain, hard stop) beside serving, so its
+/// task polls them on each wake-up, several times per request. A [`Watch`]
+/// registered with its task costs one atomic load per poll; tokio's
+/// `Notified` (under watch channels and `CancellationToken`) takes the
+/// notifier's mutex, shared by every connection of every worker, on every
+/// poll.
+#[derive(Clone, Default)]
+pub struct Signal(Arc<SignalState>);
+
+#[derive(Default)]
+struct SignalState {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Signal {
+    pub fn set(&self) {
+        self.0.set.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.set.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the signal is set.
+    pub fn watch(&self) -> Watch<'_> {
+        // The `Notified` is made before any check of the flag, so a `set`
+        // between the check and the registration still completes it.
+        Watch { state: &self.0, notified: self.0.notify.notified(), registered: None }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Signal::watch`].
+    pub struct Watch<'a> {
+        state: &'a SignalState,
+        #[pin]
+        notified: tokio::sync::futures::Notified<'a>,
+        // The waker the `Notified` was registered with.
+        registered: Option<Waker>,
+    }
+}
+
+impl Future for Watch<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.state.set.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        // First poll, or polled from another task: (re)register. `set`
+        // stores the flag before notifying, so Ready here means set.
+        if this.notified.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        *this.registered = Some(cx.waker().clone());
+        Poll::Pending
+    }
 }
 
 /// Accepts connections until `shutdown.drain` flips, serving each with the
@@ -122,7 +190,6 @@ pub async fn serve<F, Fut>(
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
 {
     let protocols = Arc::new(protocols(&opts));
-    let mut drain = shutdown.drain.clone();
     loop {
         let handed = async {
             match spread.as_mut() {
@@ -132,7 +199,7 @@ pub async fn serve<F, Fut>(
         };
         let accepted = tokio::select! {
             biased;
-            _ = drain.wait_for(|d| *d) => break,
+            _ = shutdown.drain.watch() => break,
             h = handed => match h {
                 Some((stream, remote, load)) => Ok((stream, remote, Some(load))),
                 None => break,
@@ -242,16 +309,21 @@ impl Connection {
         C: Future<Output = Result<(), hyper::Error>>,
     {
         tokio::pin!(conn);
-        let mut drain = self.shutdown.drain.clone();
-        let mut hard = self.shutdown.hard_stop.clone();
+        let drain = self.shutdown.drain.watch();
+        let hard = self.shutdown.hard_stop.watch();
+        tokio::pin!(drain, hard);
+        // Biased: the connection first, and no random branch order to draw
+        // on every wake-up.
         tokio::select! {
+            biased;
             res = conn.as_mut() => { log_conn_end(res); return; }
-            _ = drain.wait_for(|d| *d) => graceful(conn.as_mut()),
-            _ = hard.wait_for(|h| *h) => return,
+            _ = &mut hard => return,
+            _ = drain => graceful(conn.as_mut()),
         }
         tokio::select! {
+            biased;
             res = conn.as_mut() => log_conn_end(res),
-            _ = hard.wait_for(|h| *h) => {}
+            _ = hard => {}
         }
     }
 }
@@ -360,5 +432,61 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 fn log_conn_end(res: Result<(), hyper::Error>) {
     if let Err(e) = res {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watch_resolves_when_set_before_or_after_its_first_poll() {
+        let before = Signal::default();
+        before.set();
+        tokio::time::timeout(Duration::from_secs(5), before.watch()).await.expect("set before the watch");
+
+        let after = Signal::default();
+        let waiter = tokio::spawn({
+            let after = after.clone();
+            async move { after.watch().await }
+        });
+        tokio::task::yield_now().await; // the waiter registers first
+        assert!(!waiter.is_finished());
+        after.set();
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken by set").unwrap();
+        assert!(after.is_set());
+    }
+
+    #[tokio::test]
+    async fn a_watch_made_before_set_but_first_polled_after_it_resolves() {
+        let signal = Signal::default();
+        let watch = signal.watch();
+        signal.set();
+        tokio::time::timeout(Duration::from_secs(5), watch).await.expect("resolved");
+    }
+
+    /// Polled again and again (as a connection's task does), a watch
+    /// stays pending and still wakes the task when set, also after it was
+    /// first registered with another waker.
+    #[tokio::test]
+    async fn a_watch_polled_often_still_wakes_its_task() {
+        let signal = Signal::default();
+        let waiting = signal.clone();
+        let task = tokio::spawn(async move {
+            let mut watch = std::pin::pin!(waiting.watch());
+            assert!(watch.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
+            std::future::poll_fn(|cx| {
+                for _ in 0..100 {
+                    assert!(watch.as_mut().poll(cx).is_pending());
+                }
+                Poll::Ready(())
+            })
+            .await;
+            watch.await
+        });
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        signal.set();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("the task is woken").unwrap();
     }
 }

@@ -197,14 +197,14 @@ pub fn spawn(
                         return;
                     }
                 };
-                let mut hard = shutdown.hard_stop.clone();
+                let hard = shutdown.hard_stop.clone();
                 server::serve(listener, tls, opts, shutdown, Some(member), move |req, conn| {
                     proxy.clone().serve(req, conn)
                 })
                 .await;
                 // Accepting has stopped (drain); connections finish on this
                 // runtime until the gateway says stop.
-                let _ = hard.wait_for(|h| *h).await;
+                hard.watch().await;
             });
             // Dropping the runtime cancels what is left (hard stop).
             drop(runtime);
