@@ -56,9 +56,9 @@ pub struct Gateway {
     proxy: Arc<Proxy>,
     admin: Arc<admin::AdminState>,
     config: Arc<Config>,
-    drain: server::Signal,
-    hard_stop: server::Signal,
-    admin_stop: server::Signal,
+    drain: server::SetOnDrop,
+    hard_stop: server::SetOnDrop,
+    admin_stop: server::SetOnDrop,
     conns_rx: mpsc::Receiver<()>,
     /// Yields `None` once every proxy worker thread has ended.
     workers_rx: mpsc::Receiver<()>,
@@ -104,6 +104,9 @@ impl Gateway {
 
         let (drain, hard_stop, admin_stop) =
             (server::Signal::default(), server::Signal::default(), server::Signal::default());
+        // Owned by the gateway and set when dropped: should the start fail
+        // past this point, the workers already running stop with it.
+        let owned = (drain.set_on_drop(), hard_stop.set_on_drop(), admin_stop.set_on_drop());
         let (conns_tx, conns_rx) = mpsc::channel(1);
         let opts = ListenerOptions::from_config(g);
 
@@ -153,9 +156,9 @@ impl Gateway {
             proxy,
             admin,
             config,
-            drain,
-            hard_stop,
-            admin_stop,
+            drain: owned.0,
+            hard_stop: owned.1,
+            admin_stop: owned.2,
             conns_rx,
             workers_rx,
             background: tasks,

@@ -13,6 +13,8 @@
 //! cardinality follows the fleet.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxBuildHasher;
 use std::sync::Mutex;
 
 use arc_swap::ArcSwap;
@@ -187,7 +189,7 @@ impl Metrics {
             service: service.into(),
             duration: self.http_duration.with_label_values(&[route, service]),
             requests: self.http_requests.clone(),
-            by_status: ArcSwap::from_pointee(HashMap::new()),
+            by_status: ArcSwap::from_pointee(HashMap::default()),
         }
     }
 
@@ -279,7 +281,8 @@ pub struct RouteMetrics {
     service: Box<str>,
     duration: Histogram,
     requests: IntCounterVec,
-    by_status: ArcSwap<HashMap<(u8, u16), IntCounter>>,
+    /// Fx: a lookup per request, keys bounded (method index, status code).
+    by_status: ArcSwap<HashMap<(u8, u16), IntCounter, FxBuildHasher>>,
 }
 
 impl std::fmt::Debug for RouteMetrics {

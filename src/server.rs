@@ -134,11 +134,33 @@ impl Signal {
         self.0.set.load(Ordering::Acquire)
     }
 
+    /// A handle that sets the signal when dropped, so an owner that goes
+    /// away (a gateway whose start failed half-way, or that is dropped
+    /// without a shutdown) never leaves connections waiting for ever.
+    pub fn set_on_drop(&self) -> SetOnDrop {
+        SetOnDrop(self.clone())
+    }
+
     /// Resolves once the signal is set.
     pub fn watch(&self) -> Watch<'_> {
         // The `Notified` is made before any check of the flag, so a `set`
         // between the check and the registration still completes it.
         Watch { state: &self.0, notified: self.0.notify.notified(), registered: None }
+    }
+}
+
+/// See [`Signal::set_on_drop`].
+pub struct SetOnDrop(Signal);
+
+impl SetOnDrop {
+    pub fn set(&self) {
+        self.0.set();
+    }
+}
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
     }
 }
 
@@ -190,6 +212,8 @@ pub async fn serve<F, Fut>(
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
 {
     let protocols = Arc::new(protocols(&opts));
+    let drain = shutdown.drain.watch();
+    tokio::pin!(drain);
     loop {
         let handed = async {
             match spread.as_mut() {
@@ -199,7 +223,7 @@ pub async fn serve<F, Fut>(
         };
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.drain.watch() => break,
+            _ = &mut drain => break,
             h = handed => match h {
                 Some((stream, remote, load)) => Ok((stream, remote, Some(load))),
                 None => break,
@@ -458,7 +482,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_watch_made_before_set_but_first_polled_after_it_resolves() {
+    async fn a_watch_made_before_set_resolves_when_first_polled_after_it() {
         let signal = Signal::default();
         let watch = signal.watch();
         signal.set();

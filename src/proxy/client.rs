@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -27,18 +27,21 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use rustc_hash::FxBuildHasher;
 
 use super::body::UpstreamBody;
 
-/// Idle pooled connections are not reused after this and are closed by the
-/// next [`sweep`] (below the 60-120 s that common upstream servers use, so
-/// the gateway closes first and rarely sends on a connection the upstream
-/// is closing).
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// Idle pooled connections are not reused after this many sweeps (one
+/// every [`SWEEP_EVERY`]): 45-50 s after their last use, below the 60-120 s
+/// that common upstream servers use, so the gateway closes first and rarely
+/// sends on a connection the upstream is closing. Counted in sweeps rather
+/// than read from the clock: pooling and reusing a connection, twice per
+/// request, then read no clock.
+const IDLE_SWEEPS: u64 = 10;
 
-/// Whether a connection pooled at `since` may still be used.
-fn fresh(since: Instant) -> bool {
-    since.elapsed() < POOL_IDLE_TIMEOUT
+/// Whether a connection pooled at sweep `since` may still be used at sweep `now`.
+fn fresh(now: u64, since: u64) -> bool {
+    now - since < IDLE_SWEEPS
 }
 
 /// At most this many idle connections are kept per endpoint (per worker);
@@ -78,18 +81,31 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
+/// Idle connections per endpoint, most recently used last, each with the
+/// sweep it was pooled at.
+type IdleMap = HashMap<Authority, Vec<(Sender, u64)>, FxBuildHasher>;
+
+#[derive(Default)]
+struct Idle {
+    /// Sweeps so far.
+    sweeps: u64,
+    by_endpoint: IdleMap,
+}
+
 struct Pool {
     connect_timeout: Duration,
     /// Idle connections per endpoint, most recently used last. The lock is
     /// only ever taken by one worker (each has its own pool), so it is
     /// uncontended; it exists because request futures must be `Send`.
-    idle: Mutex<HashMap<Authority, Vec<(Sender, Instant)>>>,
+    /// Fx, not SipHash: looked up twice per request, and the keys are
+    /// endpoint addresses from the config and the registry, not from clients.
+    idle: Mutex<Idle>,
     /// Whether [`sweep`] runs for this pool (started with its first connection).
     sweeping: AtomicBool,
 }
 
 pub fn build(connect_timeout: Duration) -> HttpClient {
-    HttpClient(Arc::new(Pool { connect_timeout, idle: Mutex::new(HashMap::new()), sweeping: AtomicBool::new(false) }))
+    HttpClient(Arc::new(Pool { connect_timeout, idle: Mutex::new(Idle::default()), sweeping: AtomicBool::new(false) }))
 }
 
 impl HttpClient {
@@ -143,9 +159,10 @@ impl HttpClient {
     /// closing: it is dropped, never waited on.
     fn checkout(&self, key: &Authority) -> Option<Sender> {
         let mut idle = self.0.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(key)?;
+        let now = idle.sweeps;
+        let list = idle.by_endpoint.get_mut(key)?;
         while let Some((s, since)) = list.pop() {
-            if s.is_ready() && fresh(since) {
+            if s.is_ready() && fresh(now, since) {
                 return Some(s);
             }
         }
@@ -210,27 +227,29 @@ impl Lease {
 impl Pool {
     fn put(&self, key: Authority, sender: Sender) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(key).or_default();
+        let now = idle.sweeps;
+        let list = idle.by_endpoint.entry(key).or_default();
         // Full (the sweep clears stale entries): the connection closes.
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push((sender, Instant::now()));
+            list.push((sender, now));
         }
     }
 
-    /// Closes idle connections past [`POOL_IDLE_TIMEOUT`] or already closed,
-    /// and forgets endpoints with none left (endpoints come and go with the
-    /// registry).
+    /// Counts a sweep, closes idle connections that are no longer fresh or
+    /// already closed, and forgets endpoints with none left (endpoints come
+    /// and go with the registry).
     fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|_, list| {
-            list.retain(|(s, since)| !s.is_closed() && fresh(*since));
+        idle.sweeps += 1;
+        let now = idle.sweeps;
+        idle.by_endpoint.retain(|_, list| {
+            list.retain(|(s, since)| !s.is_closed() && fresh(now, *since));
             !list.is_empty()
         });
     }
 }
 
-/// How often a pool is swept: an idle connection is closed between
-/// [`POOL_IDLE_TIMEOUT`] and this much later.
+/// How often a pool is swept (see [`IDLE_SWEEPS`]).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Sweeps `pool` on the runtime that uses it until the pool is dropped
@@ -339,8 +358,9 @@ mod tests {
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn sweep_closes_nothing_live_and_forgets_closed_connections_and_their_endpoint() {
+    /// An upstream that answers one request `ok` and keeps the connection
+    /// open until the returned sender is dropped.
+    async fn one_answer_upstream() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
@@ -356,17 +376,33 @@ mod tests {
             s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
             let _ = close_rx.await;
         });
-        let client = build(Duration::from_secs(2));
+        (addr, close_tx)
+    }
+
+    /// One request through `client` to `addr`, read to the end (so its
+    /// connection is pooled).
+    async fn get_ok(client: &HttpClient, addr: std::net::SocketAddr) {
         let req = Request::get(format!("http://{addr}/")).body(UpstreamBody::empty()).unwrap();
         let body = client.request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
-        let idle = |c: &HttpClient| c.0.idle.lock().unwrap().values().map(Vec::len).sum::<usize>();
-        assert_eq!(idle(&client), 1, "read to the end, the connection is pooled");
+    }
+
+    fn idle_count(c: &HttpClient) -> usize {
+        c.0.idle.lock().unwrap().by_endpoint.values().map(Vec::len).sum()
+    }
+
+    #[tokio::test]
+    async fn sweep_closes_nothing_live_and_forgets_closed_connections_and_their_endpoint() {
+        let (addr, close_tx) = one_answer_upstream().await;
+        let client = build(Duration::from_secs(2));
+        get_ok(&client, addr).await;
+        assert_eq!(idle_count(&client), 1, "read to the end, the connection is pooled");
         client.0.sweep();
-        assert_eq!(idle(&client), 1, "a live, fresh connection survives a sweep");
+        assert_eq!(idle_count(&client), 1, "a live, fresh connection survives a sweep");
 
         drop(close_tx); // the upstream hangs up
-        let closed = |c: &HttpClient| c.0.idle.lock().unwrap().values().flatten().all(|(s, _)| s.is_closed());
+        let closed =
+            |c: &HttpClient| c.0.idle.lock().unwrap().by_endpoint.values().flatten().all(|(s, _)| s.is_closed());
         for _ in 0..400 {
             if closed(&client) {
                 break;
@@ -375,6 +411,29 @@ mod tests {
         }
         assert!(closed(&client), "the pooled connection saw the upstream close within 2 s");
         client.0.sweep();
-        assert!(client.0.idle.lock().unwrap().is_empty(), "the endpoint is forgotten");
+        assert!(client.0.idle.lock().unwrap().by_endpoint.is_empty(), "the endpoint is forgotten");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_idle_sweeps_and_never_reused_stale() {
+        let (addr, _keep_open) = one_answer_upstream().await;
+        let client = build(Duration::from_secs(2));
+        get_ok(&client, addr).await;
+        for _ in 1..IDLE_SWEEPS {
+            client.0.sweep();
+        }
+        assert_eq!(idle_count(&client), 1, "fresh for {} sweeps", IDLE_SWEEPS - 1);
+        let key: Authority = addr.to_string().parse().unwrap();
+        client.0.idle.lock().unwrap().sweeps += 1; // the next sweep's count, without its pruning
+        assert!(client.checkout(&key).is_none(), "a stale connection is not lent");
+        assert_eq!(idle_count(&client), 0, "and is dropped at checkout");
+
+        let (addr, _keep_open) = one_answer_upstream().await;
+        get_ok(&client, addr).await;
+        for _ in 0..IDLE_SWEEPS {
+            client.0.sweep();
+        }
+        assert_eq!(idle_count(&client), 0, "closed by the sweep that makes it stale");
+        assert!(client.0.idle.lock().unwrap().by_endpoint.is_empty());
     }
 }

@@ -202,10 +202,12 @@ impl Proxy {
 
     /// Serves one client request.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
-        let start = Instant::now();
+        // tokio's clock (the same one, pausable in tests): the deadline
+        // below is derived from it without reading the clock again.
+        let start = tokio::time::Instant::now();
         let (mut parts, body) = req.into_parts();
         let request_id = headers::ensure_request_id(&mut parts.headers);
-        let mut ex = Exchange::new(start, &parts.method, &parts.uri, &request_id, self.otlp.get());
+        let mut ex = Exchange::new(start.into_std(), &parts.method, &parts.uri, &request_id, self.otlp.get());
 
         // A reverse proxy has no use for CONNECT: its authority-form target
         // names no path to route (it is counted with the unrouted requests).
@@ -240,7 +242,7 @@ impl Proxy {
         let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
         // request_timeout bounds the whole exchange until the response head,
         // retries included.
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = start + timeout;
 
         // Retries need a body that can be sent again.
         let retry =
@@ -309,15 +311,15 @@ impl Proxy {
                 set_upstream_uri(&mut parts, &endpoint);
                 Request::from_parts(std::mem::replace(&mut parts, Request::new(()).into_parts().0), body.take())
             };
-            let mut left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if let Some(per_try) = retry.and_then(|r| r.per_try_timeout) {
-                left = left.min(per_try);
-            }
+            let attempt_deadline = match retry.and_then(|r| r.per_try_timeout) {
+                Some(per_try) => deadline.min(tokio::time::Instant::now() + per_try),
+                None => deadline,
+            };
             // Latency feeds p2c_ewma's estimate; other balancers skip the clock read.
             let p2c = service.balancer().kind() == BalancerKind::P2cEwma;
             let sent_at = p2c.then(Instant::now);
             let attempt_at = ex.attempt_started();
-            let result = tokio::time::timeout(left, service.client().request(upstream_req)).await;
+            let result = tokio::time::timeout_at(attempt_deadline, service.client().request(upstream_req)).await;
             if let Some(t) = sent_at {
                 // Responses and timeouts are latency; a refused connection says nothing about it.
                 if !matches!(result, Ok(Err(_))) {
