@@ -103,7 +103,10 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     let mut buf = [0u8; 32];
     hex_into(&mut buf[..16], fast_random());
     hex_into(&mut buf[16..], fast_random());
-    let mut v = HeaderValue::from_bytes(&buf).expect("hex is a valid header value");
+    // Shared from the start: copied into a plain `Bytes`, the id would be
+    // copied once more into a shared buffer at its first clone (it is
+    // cloned into the upstream request's headers and the response's).
+    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)).expect("hex is a valid header value");
     v.set_sensitive(true);
     headers.insert(X_REQUEST_ID.clone(), v.clone());
     v

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod router;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,6 +44,22 @@ pub use body::{ResponseBody, UpstreamBody};
 use client::Pooled;
 use exchange::Exchange;
 use router::Router;
+
+pin_project_lite::pin_project! {
+    /// A handler's future, answering as a hyper service does (never an error).
+    pub struct Infallibly<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for Infallibly<F> {
+    type Output = Result<F::Output, std::convert::Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        self.project().inner.poll(cx).map(Ok)
+    }
+}
 
 /// Who is on the other end of a client connection.
 #[derive(Debug, Clone, Copy)]
@@ -191,21 +208,33 @@ impl Proxy {
         });
     }
 
-    /// [`Proxy::handle`] in the shape a hyper service wants.
-    pub async fn serve(
+    /// Serves one client request, in the shape a hyper service wants. A
+    /// plain function returning [`Proxy::handle`]'s own future: the request
+    /// is taken apart before that future is built, so it holds the parts
+    /// once (an `async fn` taking the request would keep the request's slot
+    /// beside them), and no outer future holds it (hyper moves a request's
+    /// future a few times, and every byte of it is copied each time).
+    pub fn serve(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-        Ok(self.handle(req, conn).await)
+    ) -> Infallibly<impl Future<Output = Response<ResponseBody>>> {
+        let (parts, body) = req.into_parts();
+        Infallibly { inner: self.handle(parts, body, conn) }
     }
 
-    /// Serves one client request.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
+    async fn handle(
+        self: Arc<Self>,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        conn: ConnInfo,
+    ) -> Response<ResponseBody> {
         // tokio's clock (the same one, pausable in tests): the deadline
         // below is derived from it without reading the clock again.
         let start = tokio::time::Instant::now();
-        let (mut parts, body) = req.into_parts();
+        // Room for what the gateway adds (request id, X-Forwarded-*,
+        // traceparent) in one growth rather than two or three.
+        parts.headers.reserve(6);
         let request_id = headers::ensure_request_id(&mut parts.headers);
         let mut ex = Exchange::new(start.into_std(), &parts.method, &parts.uri, &request_id, self.otlp.get());
 
