@@ -223,184 +223,196 @@ impl Proxy {
         Infallibly { inner: self.handle(parts, body, conn) }
     }
 
-    async fn handle(
+    #[allow(clippy::manual_async_fn)] // on purpose, see the block's comment
+    fn handle(
         self: Arc<Self>,
         mut parts: http::request::Parts,
         body: Incoming,
         conn: ConnInfo,
-    ) -> Response<ResponseBody> {
-        // tokio's clock (the same one, pausable in tests): the deadline
-        // below is derived from it without reading the clock again.
-        let start = tokio::time::Instant::now();
-        // Room for what the gateway adds (request id, X-Forwarded-*,
-        // traceparent) in one growth rather than two or three.
-        parts.headers.reserve(6);
-        let request_id = headers::ensure_request_id(&mut parts.headers);
-        let mut ex = Exchange::new(start.into_std(), &parts.method, &parts.uri, &request_id, self.otlp.get());
+    ) -> impl Future<Output = Response<ResponseBody>> {
+        // A block rather than an `async fn`: an async fn copies its
+        // arguments into locals, so its future would hold the request's
+        // parts, body and connection twice.
+        async move {
+            // tokio's clock (the same one, pausable in tests): the deadline
+            // below is derived from it without reading the clock again.
+            let start = tokio::time::Instant::now();
+            // Room for what the gateway adds (request id, X-Forwarded-*,
+            // traceparent) in one growth rather than two or three.
+            parts.headers.reserve(6);
+            let request_id = headers::ensure_request_id(&mut parts.headers);
+            let mut ex = Exchange::new(start.into_std(), &parts.method, &parts.uri, &request_id, self.otlp.get());
 
-        // A reverse proxy has no use for CONNECT: its authority-form target
-        // names no path to route (it is counted with the unrouted requests).
-        if parts.method == http::Method::CONNECT {
-            ex.set_no_route(self.snapshot.load().no_route.clone());
-            let message = "CONNECT is not supported: waygate is a reverse proxy, not a forward proxy".to_string();
-            return error_response(&GatewayError::BadRequest { message }, &request_id, ex);
-        }
+            // A reverse proxy has no use for CONNECT: its authority-form target
+            // names no path to route (it is counted with the unrouted requests).
+            if parts.method == http::Method::CONNECT {
+                ex.set_no_route(self.snapshot.load().no_route.clone());
+                let message = "CONNECT is not supported: waygate is a reverse proxy, not a forward proxy".to_string();
+                return error_response(&GatewayError::BadRequest { message }, &request_id, ex);
+            }
 
-        let Some((route, prefix_end)) = self.route(&parts) else {
-            ex.set_no_route(self.snapshot.load().no_route.clone());
-            let err = GatewayError::NoRoute { method: parts.method.clone(), path: parts.uri.path().to_string() };
-            return error_response(&err, &request_id, ex);
-        };
-        ex.set_route(route.clone());
-        let service = &route.service;
-
-        // Concurrency limit: shed load at once rather than queue.
-        if !service.try_acquire() {
-            let err = GatewayError::Overloaded {
-                service: service.name.to_string(),
-                limit: service.config.max_concurrent_requests,
+            let Some((route, prefix_end)) = self.route(&parts) else {
+                ex.set_no_route(self.snapshot.load().no_route.clone());
+                let err = GatewayError::NoRoute { method: parts.method.clone(), path: parts.uri.path().to_string() };
+                return error_response(&err, &request_id, ex);
             };
-            return error_response(&err, &request_id, ex);
-        }
-        ex.hold_slot();
+            ex.set_route(route.clone());
+            let service = &route.service;
 
-        let hash = service.request_hash(&parts, conn.remote.ip());
-        let upgrade = headers::wants_upgrade(&parts.headers, parts.version);
-        rewrite_request(&mut parts, &route.config, prefix_end, conn, upgrade);
-        ex.propagate_trace(&mut parts.headers);
-        let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
-        // request_timeout bounds the whole exchange until the response head,
-        // retries included.
-        let deadline = start + timeout;
+            // Concurrency limit: shed load at once rather than queue.
+            if !service.try_acquire() {
+                let err = GatewayError::Overloaded {
+                    service: service.name.to_string(),
+                    limit: service.config.max_concurrent_requests,
+                };
+                return error_response(&err, &request_id, ex);
+            }
+            ex.hold_slot();
 
-        // Retries need a body that can be sent again.
-        let retry =
-            service.config.retry.as_ref().filter(|r| !upgrade && r.attempts > 0 && retry::idempotent(&parts.method));
-        if let (Some(_), Some(budget)) = (retry, &service.budget) {
-            budget.deposit();
-        }
-        let counter = if http_body::Body::is_end_stream(&body) { None } else { ex.request_body_counter() };
-        let mut body = match retry {
-            // Bounded by the request's deadline: a client that stalls its
-            // body holds its slot no longer than request_timeout.
-            Some(_) => match tokio::time::timeout_at(deadline, ReplayBody::hold(body, &parts.headers, counter)).await {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
-                    let err = GatewayError::BadRequest { message: format!("cannot read the request body: {e}") };
+            let hash = service.request_hash(&parts, conn.remote.ip());
+            let upgrade = headers::wants_upgrade(&parts.headers, parts.version);
+            rewrite_request(&mut parts, &route.config, prefix_end, conn, upgrade);
+            ex.propagate_trace(&mut parts.headers);
+            let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
+            // request_timeout bounds the whole exchange until the response head,
+            // retries included.
+            let deadline = start + timeout;
+
+            // Retries need a body that can be sent again.
+            let retry = service
+                .config
+                .retry
+                .as_ref()
+                .filter(|r| !upgrade && r.attempts > 0 && retry::idempotent(&parts.method));
+            if let (Some(_), Some(budget)) = (retry, &service.budget) {
+                budget.deposit();
+            }
+            let counter = if http_body::Body::is_end_stream(&body) { None } else { ex.request_body_counter() };
+            let mut body = match retry {
+                // Bounded by the request's deadline: a client that stalls its
+                // body holds its slot no longer than request_timeout.
+                Some(_) => match tokio::time::timeout_at(deadline, ReplayBody::hold(body, &parts.headers, counter))
+                    .await
+                {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        let err = GatewayError::BadRequest { message: format!("cannot read the request body: {e}") };
+                        return error_response(&err, &request_id, ex);
+                    }
+                    Err(_) => {
+                        let err = GatewayError::BadRequest {
+                            message: format!(
+                                "the request body did not arrive within {}",
+                                humantime::format_duration(timeout)
+                            ),
+                        };
+                        return error_response(&err, &request_id, ex);
+                    }
+                },
+                None => ReplayBody::Stream(Some(UpstreamBody::client(body, counter))),
+            };
+
+            // Circuit breaker, outside the retries: a request counts once.
+            let mut ticket = match &service.breaker {
+                Some(b) => match b.try_acquire() {
+                    Ok(admission) => Some(Ticket::new(b, admission)),
+                    Err(retry_after) => {
+                        let err = GatewayError::CircuitOpen { service: service.name.to_string(), retry_after };
+                        return error_response(&err, &request_id, ex);
+                    }
+                },
+                None => None,
+            };
+
+            if upgrade {
+                let Some(endpoint) = service.pick(&PickContext { hash, avoid: &[] }) else {
+                    let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
                     return error_response(&err, &request_id, ex);
-                }
-                Err(_) => {
-                    let err = GatewayError::BadRequest {
-                        message: format!(
-                            "the request body did not arrive within {}",
-                            humantime::format_duration(timeout)
-                        ),
-                    };
-                    return error_response(&err, &request_id, ex);
-                }
-            },
-            None => ReplayBody::Stream(Some(UpstreamBody::client(body, counter))),
-        };
+                };
+                set_upstream_uri(&mut parts, &endpoint);
+                ex.use_endpoint(endpoint);
+                // Boxed: a rare path should not make every request's future, and
+                // so every idle connection (hyper keeps room for it), larger.
+                return Box::pin(self.tunnel(parts, body.take(), &route, timeout, request_id, ex)).await;
+            }
 
-        // Circuit breaker, outside the retries: a request counts once.
-        let mut ticket = match &service.breaker {
-            Some(b) => match b.try_acquire() {
-                Ok(admission) => Some(Ticket::new(b, admission)),
-                Err(retry_after) => {
-                    let err = GatewayError::CircuitOpen { service: service.name.to_string(), retry_after };
-                    return error_response(&err, &request_id, ex);
-                }
-            },
-            None => None,
-        };
-
-        if upgrade {
-            let Some(endpoint) = service.pick(&PickContext { hash, avoid: &[] }) else {
+            let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+            let Some(mut endpoint) = service.pick(&PickContext { hash, avoid: &[] }) else {
                 let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
                 return error_response(&err, &request_id, ex);
             };
-            set_upstream_uri(&mut parts, &endpoint);
-            ex.use_endpoint(endpoint);
-            // Boxed: a rare path should not make every request's future, and
-            // so every idle connection (hyper keeps room for it), larger.
-            return Box::pin(self.tunnel(parts, body.take(), &route, timeout, request_id, ex)).await;
-        }
-
-        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-        let Some(mut endpoint) = service.pick(&PickContext { hash, avoid: &[] }) else {
-            let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
-            return error_response(&err, &request_id, ex);
-        };
-        loop {
-            ex.use_endpoint(endpoint.clone());
-            let may_retry = retry.is_some_and(|r| tried.len() < r.attempts as usize) && body.replayable();
-            let upstream_req = if may_retry {
-                attempt_request(&parts, &endpoint, body.take())
-            } else {
-                set_upstream_uri(&mut parts, &endpoint);
-                Request::from_parts(std::mem::replace(&mut parts, Request::new(()).into_parts().0), body.take())
-            };
-            let attempt_deadline = match retry.and_then(|r| r.per_try_timeout) {
-                Some(per_try) => deadline.min(tokio::time::Instant::now() + per_try),
-                None => deadline,
-            };
-            // Latency feeds p2c_ewma's estimate; other balancers skip the clock read.
-            let p2c = service.balancer().kind() == BalancerKind::P2cEwma;
-            let sent_at = p2c.then(Instant::now);
-            let attempt_at = ex.attempt_started();
-            let result = tokio::time::timeout_at(attempt_deadline, service.client().request(upstream_req)).await;
-            if let Some(t) = sent_at {
-                // Responses and timeouts are latency; a refused connection says nothing about it.
-                if !matches!(result, Ok(Err(_))) {
-                    p2c_ewma::observe(&endpoint.stats, t.elapsed(), p2c_ewma::now_ns(), p2c_ewma::DEFAULT_DECAY);
+            loop {
+                ex.use_endpoint(endpoint.clone());
+                let may_retry = retry.is_some_and(|r| tried.len() < r.attempts as usize) && body.replayable();
+                let upstream_req = if may_retry {
+                    attempt_request(&parts, &endpoint, body.take())
+                } else {
+                    set_upstream_uri(&mut parts, &endpoint);
+                    Request::from_parts(std::mem::replace(&mut parts, Request::new(()).into_parts().0), body.take())
+                };
+                let attempt_deadline = match retry.and_then(|r| r.per_try_timeout) {
+                    Some(per_try) => deadline.min(tokio::time::Instant::now() + per_try),
+                    None => deadline,
+                };
+                // Latency feeds p2c_ewma's estimate; other balancers skip the clock read.
+                let p2c = service.balancer().kind() == BalancerKind::P2cEwma;
+                let sent_at = p2c.then(Instant::now);
+                let attempt_at = ex.attempt_started();
+                let result = tokio::time::timeout_at(attempt_deadline, service.client().request(upstream_req)).await;
+                if let Some(t) = sent_at {
+                    // Responses and timeouts are latency; a refused connection says nothing about it.
+                    if !matches!(result, Ok(Err(_))) {
+                        p2c_ewma::observe(&endpoint.stats, t.elapsed(), p2c_ewma::now_ns(), p2c_ewma::DEFAULT_DECAY);
+                    }
                 }
-            }
-            let outcome = match &result {
-                Ok(Ok(resp)) if resp.status().is_server_error() => Outcome::Http5xx(resp.status().as_u16()),
-                Ok(Ok(_)) => Outcome::Success,
-                Ok(Err(e)) if e.is_client_body() => {
-                    // The client's body broke (bad chunking, client gone):
-                    // not the upstream's fault, so no outlier/breaker verdict.
-                    drop(ticket.take());
-                    let err = GatewayError::BadRequest { message: format!("the request body could not be read: {e}") };
-                    return error_response(&err, &request_id, ex);
+                let outcome = match &result {
+                    Ok(Ok(resp)) if resp.status().is_server_error() => Outcome::Http5xx(resp.status().as_u16()),
+                    Ok(Ok(_)) => Outcome::Success,
+                    Ok(Err(e)) if e.is_client_body() => {
+                        // The client's body broke (bad chunking, client gone):
+                        // not the upstream's fault, so no outlier/breaker verdict.
+                        drop(ticket.take());
+                        let err =
+                            GatewayError::BadRequest { message: format!("the request body could not be read: {e}") };
+                        return error_response(&err, &request_id, ex);
+                    }
+                    Ok(Err(_)) => Outcome::ConnectError,
+                    Err(_) => Outcome::Timeout,
+                };
+                service.record_outcome(&endpoint, outcome);
+                let status = match &result {
+                    Ok(Ok(resp)) => Some(resp.status().as_u16()),
+                    _ => None,
+                };
+                ex.record_attempt(attempt_at, &endpoint, outcome, status);
+                if let Some(m) = endpoint.metrics.load().as_ref() {
+                    m.record(outcome);
                 }
-                Ok(Err(_)) => Outcome::ConnectError,
-                Err(_) => Outcome::Timeout,
-            };
-            service.record_outcome(&endpoint, outcome);
-            let status = match &result {
-                Ok(Ok(resp)) => Some(resp.status().as_u16()),
-                _ => None,
-            };
-            ex.record_attempt(attempt_at, &endpoint, outcome, status);
-            if let Some(m) = endpoint.metrics.load().as_ref() {
-                m.record(outcome);
-            }
 
-            let wants_retry = may_retry
-                && retry.is_some_and(|r| match &result {
-                    Ok(Ok(resp)) => retry::retryable_status(r, resp.status().as_u16()),
-                    _ => retry::retryable(r, outcome),
-                })
-                && tokio::time::Instant::now() < deadline;
-            if wants_retry {
-                // The next endpoint is chosen before the budget is spent: with
-                // none left, the client gets this attempt's real answer.
-                tried.push(endpoint.clone());
-                let next = service.pick(&PickContext { hash, avoid: &tried });
-                if let Some(next) = next.filter(|_| service.budget.as_ref().is_some_and(|b| b.withdraw())) {
-                    tracing::debug!(service = %service.name, endpoint = %endpoint.address, outcome = %outcome.describe(), "retrying on another endpoint");
-                    service.note_retry();
-                    endpoint = next;
-                    continue;
+                let wants_retry = may_retry
+                    && retry.is_some_and(|r| match &result {
+                        Ok(Ok(resp)) => retry::retryable_status(r, resp.status().as_u16()),
+                        _ => retry::retryable(r, outcome),
+                    })
+                    && tokio::time::Instant::now() < deadline;
+                if wants_retry {
+                    // The next endpoint is chosen before the budget is spent: with
+                    // none left, the client gets this attempt's real answer.
+                    tried.push(endpoint.clone());
+                    let next = service.pick(&PickContext { hash, avoid: &tried });
+                    if let Some(next) = next.filter(|_| service.budget.as_ref().is_some_and(|b| b.withdraw())) {
+                        tracing::debug!(service = %service.name, endpoint = %endpoint.address, outcome = %outcome.describe(), "retrying on another endpoint");
+                        service.note_retry();
+                        endpoint = next;
+                        continue;
+                    }
                 }
-            }
 
-            if let Some(t) = ticket.take() {
-                t.finish(!outcome.is_failure());
+                if let Some(t) = ticket.take() {
+                    t.finish(!outcome.is_failure());
+                }
+                return answer(result, service, &endpoint, timeout, &request_id, ex);
             }
-            return answer(result, service, &endpoint, timeout, &request_id, ex);
         }
     }
 
