@@ -559,8 +559,12 @@ mod tests {
         }
     }
 
-    /// Runs `f` under `dispatch` and returns the JSON lines written.
-    fn lines_of(dispatch: tracing::Dispatch, guard: LogGuard, out: Shared, f: impl FnOnce()) -> Vec<serde_json::Value> {
+    /// Runs `f` under the gateway's JSON subscriber with `filter` and
+    /// returns the lines written.
+    fn gateway_json_lines(filter: &str, f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let out = Shared::default();
+        let (dispatch, guard) =
+            subscriber(LogFormat::Json, tracing_subscriber::EnvFilter::new(filter), Box::new(out.clone()));
         raw_lines_of(dispatch, guard, out, f).1
     }
 
@@ -588,10 +592,7 @@ mod tests {
 
     #[test]
     fn the_json_subscriber_writes_each_access_event_once_with_every_field() {
-        let out = Shared::default();
-        let (dispatch, guard) =
-            subscriber(LogFormat::Json, tracing_subscriber::EnvFilter::new("info"), Box::new(out.clone()));
-        let lines = lines_of(dispatch, guard, out, || {
+        let lines = gateway_json_lines("info", || {
             record("/a\"b\\c\n").emit();
             // An access event not emitted through `Access` goes to the generic layer.
             tracing::info!(target: "waygate::access", status = 404u16, "by hand");
@@ -639,10 +640,7 @@ mod tests {
 
     #[test]
     fn an_access_event_turned_away_by_the_filter_is_not_written() {
-        let out = Shared::default();
-        let (dispatch, guard) =
-            subscriber(LogFormat::Json, tracing_subscriber::EnvFilter::new("warn"), Box::new(out.clone()));
-        let lines = lines_of(dispatch, guard, out, || {
+        let lines = gateway_json_lines("warn", || {
             record("/x").emit();
             tracing::warn!(target: "waygate::other", "kept");
         });
