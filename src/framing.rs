@@ -272,6 +272,15 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn header_lines_agree_with_a_plain_split_on_any_bytes(
+            head in proptest::collection::vec(proptest::sample::select(b"ab:\r\n ".to_vec()), 0..64),
+        ) {
+            let found: Vec<&[u8]> = header_lines(&head).filter(|l| !l.is_empty()).collect();
+            let expected: Vec<&[u8]> = lines_reference(&head).into_iter().filter(|l| !l.is_empty()).collect();
+            proptest::prop_assert_eq!(found, expected);
+        }
+
+        #[test]
         fn header_lines_agree_with_a_plain_split(
             method in "(GET|POST|CONNECT) ",
             headers in proptest::collection::vec(

@@ -184,6 +184,8 @@ impl HttpClient {
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        // The sweep runs on the worker that owns this pool (pools are per
+        // worker), which outlives it; expiry depends on it (see IDLE_SWEEPS).
         if !self.0.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(&self.0)));
         }
@@ -425,6 +427,7 @@ mod tests {
         let (addr, _keep_open) = one_answer_upstream().await;
         let client = build(Duration::from_secs(2));
         get_ok(&client, addr).await;
+        assert_eq!(idle_count(&client), 1, "pooled");
         for _ in 1..IDLE_SWEEPS {
             client.0.sweep();
         }
@@ -436,9 +439,12 @@ mod tests {
 
         let (addr, _keep_open) = one_answer_upstream().await;
         get_ok(&client, addr).await;
-        for _ in 0..IDLE_SWEEPS {
+        assert_eq!(idle_count(&client), 1, "pooled");
+        for _ in 1..IDLE_SWEEPS {
             client.0.sweep();
         }
+        assert_eq!(idle_count(&client), 1, "fresh for {} sweeps", IDLE_SWEEPS - 1);
+        client.0.sweep();
         assert_eq!(idle_count(&client), 0, "closed by the sweep that makes it stale");
         assert!(client.0.idle.lock().unwrap().by_endpoint.is_empty());
     }

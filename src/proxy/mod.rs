@@ -276,7 +276,8 @@ impl Proxy {
             let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
             // request_timeout bounds the whole exchange until the response head,
             // retries included.
-            let deadline = start + timeout;
+            // Checked: an absurd configured timeout must not panic here.
+            let deadline = start.checked_add(timeout).unwrap_or_else(far_future);
 
             // Retries need a body that can be sent again.
             let retry = service
@@ -351,7 +352,9 @@ impl Proxy {
                     Request::from_parts(std::mem::replace(&mut parts, Request::new(()).into_parts().0), body.take())
                 };
                 let attempt_deadline = match retry.and_then(|r| r.per_try_timeout) {
-                    Some(per_try) => deadline.min(tokio::time::Instant::now() + per_try),
+                    Some(per_try) => {
+                        deadline.min(tokio::time::Instant::now().checked_add(per_try).unwrap_or_else(far_future))
+                    }
                     None => deadline,
                 };
                 // Latency feeds p2c_ewma's estimate; other balancers skip the clock read.
@@ -591,6 +594,12 @@ impl ReplayBody {
             ReplayBody::Held(b) => UpstreamBody::Full(b.clone()),
         }
     }
+}
+
+/// A deadline that never comes in practice (what tokio itself uses for one
+/// that cannot be represented: about thirty years away).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 /// Rewrites the inbound request head for the upstream hop.
