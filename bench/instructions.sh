@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Userspace instructions per proxied request, counted by callgrind: the
+# README's "instructions/req" steps. CPU time on this shared 2-core box moves
+# by ±10 % between runs; instruction counts of the same binary agree within
+# ~0.2 %, so small changes are compared with this.
+#
+#   bench/instructions.sh                  # HTTP/1.1, 20,000 requests
+#   PROTO=h2c N=20000 bench/instructions.sh
+#   WAYGATE_BIN=/path/to/other/waygate bench/instructions.sh   # compare builds
+#
+# waygate runs under valgrind (2 workers, one service over two nginx
+# upstreams with health checks, outlier detection and a breaker, like
+# peer-bench's waygate); h2load sends 2,000 warm-up requests, then N more
+# (16 connections, one request in flight each) while callgrind counts.
+# Kernel work is not counted. Needs: valgrind, h2load, nginx, curl.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${WAYGATE_BIN:-$here/../target/release/waygate}
+N=${N:-20000}
+PROTO=${PROTO:-h1}
+run=$(mktemp -d /tmp/waygate-ir.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+cat >"$run/nginx.conf" <<NGINX
+daemon off; worker_processes 1; pid $run/nginx.pid; error_log $run/nginx.err warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 100000000;
+  server { listen 127.0.0.1:19101; listen 127.0.0.1:19102; location / { return 200 "ok\n"; } } }
+NGINX
+nginx -c "$run/nginx.conf" -p "$run" & pids+=($!)
+
+cat >"$run/gateway.toml" <<TOML
+[gateway]
+listen = "127.0.0.1:18180"
+admin_listen = "127.0.0.1:18181"
+worker_threads = 2
+[[services]]
+name = "bench"
+endpoints = ["127.0.0.1:19101", "127.0.0.1:19102"]
+[services.health_check]
+path = "/"
+interval = "1s"
+[services.outlier_detection]
+consecutive_failures = 5
+[services.circuit_breaker]
+failure_threshold = 5
+[[routes]]
+path_prefix = "/"
+service = "bench"
+TOML
+RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$run/callgrind.out" \
+  "$bin" run --config "$run/gateway.toml" >"$run/valgrind.log" 2>&1 &
+vg=$!
+pids+=("$vg")
+for _ in $(seq 150); do curl -fs -o /dev/null http://127.0.0.1:18180/ && break; sleep 0.2; done
+h1=()
+[ "$PROTO" = h1 ] && h1=(--h1)
+url=http://127.0.0.1:18180/
+timeout 120 h2load "${h1[@]}" -n 2000 -c 16 -m 1 "$url" >/dev/null
+callgrind_control -i on "$vg" >/dev/null 2>&1
+timeout 300 h2load "${h1[@]}" -n "$N" -c 16 -m 1 "$url" | grep -E '^requests:'
+callgrind_control -i off "$vg" >/dev/null 2>&1
+kill -INT "$vg"
+wait "$vg" 2>/dev/null || true
+total=$(callgrind_annotate "$run/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(/,/, "", $1); t = $1 } END { print t }')
+echo "$PROTO: $((total / N)) instructions per request ($(basename "$bin"), $N requests; profile: $run/callgrind.out)"
