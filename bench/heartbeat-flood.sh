@@ -20,18 +20,10 @@ CONNS=${CONNS:-32}
 # PACE_MS=0 measures flat out instead.
 export PACE_MS=${PACE_MS:-2}
 run=$(mktemp -d /tmp/waygate-hb.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+. "$here/lib.sh"
 
-cat >"$run/nginx.conf" <<NGINX
-daemon off; worker_processes 1; pid $run/nginx.pid; error_log $run/nginx.err warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 100000000;
-  server { listen 127.0.0.1:19001; location / { return 200 "ok from upstream\n"; } }
-  server { listen 127.0.0.1:19002; location / { return 200 '{"status":"ok"}'; } } }
-NGINX
-nginx -c "$run/nginx.conf" -p "$run" & pids+=($!)
+start_nginx "$run" 'server { listen 127.0.0.1:19001; location / { return 200 "ok from upstream\n"; } }
+  server { listen 127.0.0.1:19002; location / { return 200 '"'"'{"status":"ok"}'"'"'; } }'
 
 cat >"$run/gateway.toml" <<TOML
 [gateway]

@@ -19,17 +19,9 @@ bin=${WAYGATE_BIN:-$here/../target/release/waygate}
 N=${N:-20000}
 PROTO=${PROTO:-h1}
 run=$(mktemp -d /tmp/waygate-ir.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+. "$here/lib.sh"
 
-cat >"$run/nginx.conf" <<NGINX
-daemon off; worker_processes 1; pid $run/nginx.pid; error_log $run/nginx.err warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 100000000;
-  server { listen 127.0.0.1:19101; listen 127.0.0.1:19102; location / { return 200 "ok\n"; } } }
-NGINX
-nginx -c "$run/nginx.conf" -p "$run" & pids+=($!)
+start_nginx "$run" 'server { listen 127.0.0.1:19101; listen 127.0.0.1:19102; location / { return 200 "ok\n"; } }'
 
 cat >"$run/gateway.toml" <<TOML
 [gateway]

@@ -33,19 +33,12 @@ else
     --peers "$PEERS,waygate" 2>&1 | tee "$log"
   dir=$(sed -n 's/.*results: \(.*\)\/results.csv.*/\1/p' "$log" | tail -1)
 fi
-[ -n "$dir" ] && [ -f "$dir/results.csv" ] || { echo "no results from peer-bench (see $log)" >&2; exit 1; }
+[ -n "$dir" ] && [ -f "$dir/results.csv" ] || { echo "no results from peer-bench (see ${log:-$dir})" >&2; exit 1; }
 
 # Memory per idle keep-alive connection: waygate, then HAProxy, same probe.
 idle_run=$(mktemp -d /tmp/waygate-idle.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-cat >"$idle_run/nginx.conf" <<NGINX
-daemon off; worker_processes 1; pid $idle_run/nginx.pid; error_log $idle_run/nginx.err warn;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:19101; location / { return 200 "ok\n"; } } }
-NGINX
-nginx -c "$idle_run/nginx.conf" -p "$idle_run" & pids+=($!)
+. "$here/lib.sh"
+start_nginx "$idle_run" 'server { listen 127.0.0.1:19101; location / { return 200 "ok\n"; } }'
 cat >"$idle_run/gateway.toml" <<TOML
 [gateway]
 listen = "127.0.0.1:18180"
