@@ -14,6 +14,10 @@ use hyper::body::Incoming;
 use super::client::Pooled;
 use super::exchange::Exchange;
 
+/// The error of response bodies: an upstream's body can fail in ways hyper
+/// has no error for (a malformed chunk, a short body).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A request body on its way to an upstream.
 #[derive(Debug)]
 pub enum UpstreamBody {
@@ -84,9 +88,9 @@ enum Answer {
 
 impl Body for Answer {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Answer::Made(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             Answer::Upstream(b) => Pin::new(b).poll_frame(cx),
@@ -155,9 +159,9 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let out = Pin::new(&mut this.inner).poll_frame(cx);
         match &out {

@@ -4,32 +4,37 @@
 //! the service unchanged, and no pool is shared between threads; plus one-off
 //! connections for upgrades.
 //!
-//! Hand-written on `hyper::client::conn::http1` rather than hyper-util's
-//! legacy `Client` because this is the hot path and the pool is per worker:
-//! the legacy client boxes every response future, keys its pool behind a
-//! lock shared by all threads, and spawns a task per request only to wait
-//! for the connection to become idle again. Here a connection goes back to
-//! its pool when the response body ends (see [`Pooled`]), from the task
-//! that read it.
+//! Hand-written on tokio sockets and [`super::h1`] rather than hyper's
+//! client connections because this is the hot path. A hyper connection is a
+//! task of its own that takes requests over a channel and answers over
+//! another: per request, two task wake-ups, an mpsc send and a oneshot,
+//! about a third of a proxied request's instructions. Here the request's
+//! own task writes the head, reads and parses the answer, and its response
+//! body reads the rest; the connection goes back to its pool when that
+//! body ends (see [`Pooled`]). A pooled connection has no task watching
+//! it: whether the upstream closed it meanwhile is read from the socket's
+//! readiness at checkout, without a system call.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::uri::Authority;
-use http::{header::HOST, HeaderValue, Request, Response, Uri};
+use http::{header::HOST, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustc_hash::FxBuildHasher;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
 
-use super::body::UpstreamBody;
+use super::body::{BoxError, UpstreamBody};
+use super::h1::{self, ChunkedDecoder, Decoded, RequestFraming, ResponseFraming};
 
 /// Idle pooled connections are not reused after this many sweeps (one
 /// every [`SWEEP_EVERY`]): 45-50 s after their last use, below the 60-120 s
@@ -48,6 +53,11 @@ fn fresh(now: u64, since: u64) -> bool {
 /// more are closed when they finish.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
+/// A connection's read buffer starts at this size (hyper's too) and grows,
+/// by doubling while reads fill it, up to [`READ_MAX`] for large bodies.
+const READ_INIT: usize = 8 * 1024;
+const READ_MAX: usize = 256 * 1024;
+
 /// Why an upstream exchange produced no response.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -57,19 +67,183 @@ pub enum UpstreamError {
     ConnectTimeout(Duration),
     #[error("request has no upstream authority")]
     NoAuthority,
+    #[error("upstream connection: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("upstream closed the connection before answering")]
+    Closed,
+    #[error("invalid response from upstream: {0}")]
+    Protocol(#[from] h1::ProtocolError),
+    /// The client's request body failed while it was being forwarded.
+    #[error("{0}")]
+    ClientBody(#[source] hyper::Error),
+    /// From hyper's client, which upgrades (tunnels) still use.
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
 
 impl UpstreamError {
-    /// The client's request body failed while it was being forwarded
-    /// (hyper reports that as a "user" error): not the upstream's fault.
+    /// The client's request body failed while it was being forwarded:
+    /// not the upstream's fault.
     pub fn is_client_body(&self) -> bool {
-        matches!(self, UpstreamError::Http(e) if e.is_user())
+        match self {
+            UpstreamError::ClientBody(_) => true,
+            // hyper reports a failing request body as a "user" error.
+            UpstreamError::Http(e) => e.is_user(),
+            _ => false,
+        }
     }
 }
 
-type Sender = SendRequest<UpstreamBody>;
+/// One keep-alive connection to an upstream. Boxed where it is kept, so
+/// that lending it out and pooling it again moves a pointer.
+struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// Where request heads are written (its memory is reused).
+    out: BytesMut,
+    /// How much the next read asks for (grows while reads fill it).
+    read_size: usize,
+}
+
+impl Conn {
+    fn new(io: TcpStream) -> Box<Self> {
+        Box::new(Conn { io, buf: BytesMut::new(), out: BytesMut::new(), read_size: READ_INIT })
+    }
+
+    /// Whether a pooled connection can take a request: nothing has arrived
+    /// on it since its last answer was read to the end. An upstream that
+    /// closed it (or sent bytes nobody asked for) made it readable, which
+    /// tokio records from epoll; reads that drained the socket cleared that.
+    /// No system call: a pending poll with a no-op waker only looks.
+    fn idle_ok(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.buf.is_empty() && self.io.poll_read_ready(&mut cx).is_pending()
+    }
+
+    /// Reads what has arrived into `buf`; `Ok(0)` at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+            self.buf.reserve(self.read_size);
+        }
+        let spare = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+        if n == spare && self.read_size < READ_MAX {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Reads until a final response head has arrived and parses it.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        method: &http::Method,
+    ) -> Poll<Result<h1::ResponseHead, UpstreamError>> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = h1::parse_response(&mut self.buf, method)? {
+                    return Poll::Ready(Ok(head));
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if self.buf.is_empty() => return Poll::Ready(Err(UpstreamError::Closed)),
+                Ok(0) => return Poll::Ready(Err(h1::ProtocolError("response head cut short").into())),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(UpstreamError::Io(e))),
+            }
+        }
+    }
+}
+
+/// The request body on its way up, polled beside the response so that
+/// an upstream may answer (and stream its answer) before the body ends.
+struct Upload {
+    body: UpstreamBody,
+    chunked: bool,
+    /// Bytes framed and not yet written.
+    out: BytesMut,
+    /// Body bytes still owed under `Content-Length`.
+    owed: u64,
+    finished: bool,
+}
+
+enum UploadError {
+    /// Writing to the upstream failed: it closed, perhaps after answering.
+    Upstream,
+    /// The client's body failed.
+    Client(hyper::Error),
+    /// The client's body did not match its declared length.
+    Length,
+}
+
+impl Upload {
+    fn new(body: UpstreamBody, framing: RequestFraming) -> Box<Self> {
+        let (chunked, owed) = match framing {
+            RequestFraming::Chunked => (true, 0),
+            RequestFraming::Length(n) => (false, n),
+            RequestFraming::Empty => (false, 0),
+        };
+        Box::new(Upload { body, chunked, out: BytesMut::new(), owed, finished: false })
+    }
+
+    /// Writes as much of the body as can go now; `Ready(Ok)` when all of it went.
+    fn poll(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), UploadError>> {
+        loop {
+            while !self.out.is_empty() {
+                match ready!(Pin::new(&mut *io).poll_write(cx, &self.out)) {
+                    Ok(0) | Err(_) => return Poll::Ready(Err(UploadError::Upstream)),
+                    Ok(n) => self.out.advance(n),
+                }
+            }
+            if self.finished {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if self.chunked => {
+                        h1::encode_chunk_size(&mut self.out, data.len());
+                        self.out.extend_from_slice(&data);
+                        self.out.put_slice(b"\r\n");
+                    }
+                    Ok(data) => {
+                        self.owed = self.owed.checked_sub(data.len() as u64).ok_or(UploadError::Length)?;
+                        self.out.extend_from_slice(&data);
+                    }
+                    Err(frame) => {
+                        // Trailers end the body; only chunked framing can carry them.
+                        if self.chunked {
+                            h1::encode_chunked_end(&mut self.out, frame.trailers_ref());
+                        }
+                        self.finished = true;
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Err(UploadError::Client(e))),
+                None => {
+                    if self.chunked {
+                        h1::encode_chunked_end(&mut self.out, None);
+                    }
+                    self.finished = true;
+                }
+            }
+            if self.finished && !self.chunked && self.owed != 0 {
+                return Poll::Ready(Err(UploadError::Length));
+            }
+        }
+    }
+}
+
+/// How the request body is framed: by its size when known.
+fn request_framing(body: &UpstreamBody) -> RequestFraming {
+    if body.is_end_stream() {
+        return RequestFraming::Empty;
+    }
+    match body.size_hint().exact() {
+        Some(n) => RequestFraming::Length(n),
+        None => RequestFraming::Chunked,
+    }
+}
 
 /// A pool of keep-alive connections, by endpoint. Cheap to clone.
 #[derive(Clone)]
@@ -86,7 +260,7 @@ impl std::fmt::Debug for HttpClient {
 /// `Authority` hashes and compares byte by byte, ignoring case, which cost
 /// ~300 instructions per lookup (two lookups per request); the authorities
 /// here are endpoint addresses, written one way.
-type IdleMap = HashMap<Box<str>, Vec<(Sender, u64)>, FxBuildHasher>;
+type IdleMap = HashMap<Box<str>, Vec<(Box<Conn>, u64)>, FxBuildHasher>;
 
 #[derive(Default)]
 struct Idle {
@@ -112,70 +286,112 @@ pub fn build(connect_timeout: Duration) -> HttpClient {
 }
 
 impl HttpClient {
-    /// Sends `req` (absolute-form URI naming the endpoint) on an idle
-    /// connection to that endpoint, or a new one. A request the connection
-    /// never took (it closed while idle, before anything was written) is
-    /// sent again on another connection, like the legacy client does.
+    /// Sends `req` (absolute-form URI naming the endpoint; origin-form on
+    /// the wire) on an idle connection to that endpoint, or a new one. A
+    /// request whose head could not be written on a pooled connection (it
+    /// closed while idle) is sent again on another, as hyper's client does.
     ///
     /// Not an `async fn`: its request parameter would be stored twice in
     /// the future (as argument and as the mutable local), and this future is
     /// moved on every request.
     pub fn request(
         &self,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
     ) -> impl Future<Output = Result<Response<Pooled>, UpstreamError>> + Send + '_ {
-        let key = req.uri().authority().cloned();
-        if let Some(key) = &key {
-            if !req.headers().contains_key(HOST) {
-                // Without the default port, as the legacy client wrote it.
-                let host = if key.port_u16() == Some(80) { key.host() } else { key.as_str() };
-                let host = HeaderValue::from_str(host).expect("an authority is a valid header value");
-                req.headers_mut().insert(HOST, host);
-            }
-            // Origin-form on the wire: `GET /path HTTP/1.1`.
-            let origin = req.uri().path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-            *req.uri_mut() = origin;
-        }
+        let (parts, body) = req.into_parts();
         async move {
-            let key = key.ok_or(UpstreamError::NoAuthority)?;
+            let key = parts.uri.authority().cloned().ok_or(UpstreamError::NoAuthority)?;
+            // Without the default port, as hyper's client wrote it.
+            let host = match parts.headers.contains_key(HOST) {
+                true => None,
+                false if key.port_u16() == Some(80) => Some(key.host()),
+                false => Some(key.as_str()),
+            };
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let framing = request_framing(&body);
+            let mut body = Some(body);
             loop {
-                let (mut sender, reused) = match self.checkout(&key) {
-                    Some(s) => (s, true),
+                let (mut conn, reused) = match self.checkout(&key) {
+                    Some(c) => (c, true),
                     None => (self.connect(&key).await?, false),
                 };
-                match sender.try_send_request(req).await {
-                    Ok(resp) => {
-                        let lease = Lease { pool: self.0.clone(), key, sender };
-                        return Ok(resp.map(|body| Pooled { body, lease: Some(lease) }));
-                    }
-                    Err(mut e) => match e.take_message() {
-                        Some(r) if reused => req = r,
-                        _ => return Err(UpstreamError::Http(e.into_error())),
-                    },
+                let Conn { io, out, .. } = &mut *conn;
+                out.clear();
+                h1::encode_request_head(out, &parts.method, target, host, &parts.headers, framing);
+                // A body held whole (retries, health checks) goes out with the head.
+                if let Some(UpstreamBody::Full(Some(b))) = &body {
+                    out.extend_from_slice(b);
                 }
+                match tokio::io::AsyncWriteExt::write_all(io, out).await {
+                    Ok(()) => {}
+                    // Nothing of it reached an upstream that had closed: send it again.
+                    Err(_) if reused => continue,
+                    Err(e) => return Err(UpstreamError::Io(e)),
+                }
+                let mut upload = match body.take() {
+                    Some(b @ (UpstreamBody::Stream(_) | UpstreamBody::Counted(..)))
+                        if framing != RequestFraming::Empty =>
+                    {
+                        Some(Upload::new(b, framing))
+                    }
+                    _ => None,
+                };
+                let mut reusable = true;
+                let head = std::future::poll_fn(|cx| {
+                    if let Some(up) = upload.as_mut() {
+                        match up.poll(&mut conn.io, cx) {
+                            Poll::Ready(Ok(())) => upload = None,
+                            Poll::Ready(Err(UploadError::Client(e))) => {
+                                return Poll::Ready(Err(UpstreamError::ClientBody(e)))
+                            }
+                            Poll::Ready(Err(UploadError::Length)) => {
+                                return Poll::Ready(Err(h1::ProtocolError("request body length mismatch").into()))
+                            }
+                            // The upstream may have answered already: read on.
+                            Poll::Ready(Err(UploadError::Upstream)) => {
+                                upload = None;
+                                reusable = false;
+                            }
+                            Poll::Pending => {}
+                        }
+                    }
+                    conn.poll_head(cx, &parts.method)
+                })
+                .await?;
+                let state = match head.framing {
+                    ResponseFraming::Empty => State::Done,
+                    ResponseFraming::Length(n) => State::Length(n),
+                    ResponseFraming::Chunked => State::Chunked(ChunkedDecoder::default()),
+                    ResponseFraming::UntilClose => State::UntilClose,
+                };
+                let reading =
+                    Reading { conn, state, upload, keep_alive: head.keep_alive && reusable, pool: self.0.clone(), key };
+                let mut body = Pooled { inner: Inner::Own(reading) };
+                // Nothing to read (HEAD, 204, 304): the connection is free now.
+                body.release_if_done();
+                return Ok(Response::from_parts(head.parts, body));
             }
         }
     }
 
-    /// An idle connection to `key` that is ready for a request, if any.
-    /// Only ready connections are pooled, so one that is not ready here is
-    /// closing: it is dropped, never waited on.
-    fn checkout(&self, key: &Authority) -> Option<Sender> {
+    /// An idle connection to `key` that can take a request, if any; others
+    /// (closed, stale) are dropped on the way.
+    fn checkout(&self, key: &Authority) -> Option<Box<Conn>> {
         let mut idle = self.0.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = idle.sweeps;
         let list = idle.by_endpoint.get_mut(key.as_str())?;
-        while let Some((s, since)) = list.pop() {
-            if s.is_ready() && fresh(now, since) {
-                return Some(s);
+        while let Some((c, since)) = list.pop() {
+            if fresh(now, since) && c.idle_ok() {
+                return Some(c);
             }
         }
         None
     }
 
-    async fn connect(&self, key: &Authority) -> Result<Sender, UpstreamError> {
+    async fn connect(&self, key: &Authority) -> Result<Box<Conn>, UpstreamError> {
         let timeout = self.0.connect_timeout;
         let host = key.host().trim_start_matches('[').trim_end_matches(']');
-        let connect = tokio::net::TcpStream::connect((host, key.port_u16().unwrap_or(80)));
+        let connect = TcpStream::connect((host, key.port_u16().unwrap_or(80)));
         let stream = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(timeout))?
@@ -183,54 +399,17 @@ impl HttpClient {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         // The sweep runs on the worker that owns this pool (pools are per
         // worker), which outlives it; expiry depends on it (see IDLE_SWEEPS).
         if !self.0.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(&self.0)));
         }
-        // The connection runs on this worker, beside the requests it serves.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-}
-
-/// A connection lent to one exchange.
-struct Lease {
-    pool: Arc<Pool>,
-    key: Authority,
-    sender: Sender,
-}
-
-impl Lease {
-    /// Pools the connection if it can take a request now. One that cannot
-    /// yet (the upstream answered before the request body was sent, or the
-    /// connection's task has not seen the end of the response) is pooled by
-    /// a small task once it can, or dropped if it closes: a connection in
-    /// the pool is never one a request would have to wait for.
-    fn release(self) {
-        if self.sender.is_ready() {
-            self.pool.put(self.key, self.sender);
-        } else if !self.sender.is_closed() {
-            let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-            let (pool, key, mut sender) = (Arc::downgrade(&self.pool), self.key, self.sender);
-            rt.spawn(async move {
-                if sender.ready().await.is_ok() {
-                    if let Some(pool) = pool.upgrade() {
-                        pool.put(key, sender);
-                    }
-                }
-            });
-        }
+        Ok(Conn::new(stream))
     }
 }
 
 impl Pool {
-    fn put(&self, key: Authority, sender: Sender) {
+    fn put(&self, key: Authority, conn: Box<Conn>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = idle.sweeps;
         let list = match idle.by_endpoint.get_mut(key.as_str()) {
@@ -239,19 +418,19 @@ impl Pool {
         };
         // Full (the sweep clears stale entries): the connection closes.
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push((sender, now));
+            list.push((conn, now));
         }
     }
 
     /// Counts a sweep, closes idle connections that are no longer fresh or
-    /// already closed, and forgets endpoints with none left (endpoints come
-    /// and go with the registry).
+    /// were closed by their upstream, and forgets endpoints with none left
+    /// (endpoints come and go with the registry).
     fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.sweeps += 1;
         let now = idle.sweeps;
         idle.by_endpoint.retain(|_, list| {
-            list.retain(|(s, since)| !s.is_closed() && fresh(now, *since));
+            list.retain(|(c, since)| fresh(now, *since) && c.idle_ok());
             !list.is_empty()
         });
     }
@@ -275,66 +454,176 @@ async fn sweep(pool: Weak<Pool>) {
     }
 }
 
-/// An upstream response body that returns its connection to the pool when
-/// it has been read to the end. Dropped before the end, the connection is
-/// closed instead (the rest of the body would have to be read first).
-#[derive(Debug)]
-pub struct Pooled {
-    body: Incoming,
-    lease: Option<Lease>,
+/// Where a response body stands.
+enum State {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    /// Read to the end.
+    Done,
 }
 
-impl std::fmt::Debug for Lease {
+/// A response body being read from its connection.
+struct Reading {
+    conn: Box<Conn>,
+    state: State,
+    /// The rest of the request body, when the upstream answered before it ended.
+    upload: Option<Box<Upload>>,
+    /// Whether the connection may be pooled once the body ends.
+    keep_alive: bool,
+    pool: Arc<Pool>,
+    key: Authority,
+}
+
+impl Reading {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(up) = self.upload.as_mut() {
+                match up.poll(&mut self.conn.io, cx) {
+                    Poll::Ready(Ok(())) => self.upload = None,
+                    Poll::Ready(Err(UploadError::Client(e))) => return Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(Err(UploadError::Length)) => {
+                        return Poll::Ready(Some(Err("request body length mismatch".into())))
+                    }
+                    Poll::Ready(Err(UploadError::Upstream)) => {
+                        self.upload = None;
+                        self.keep_alive = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let buf = &mut self.conn.buf;
+            match &mut self.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(left) if !buf.is_empty() => {
+                    let n = (*left).min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    *left -= n;
+                    if *left == 0 {
+                        self.state = State::Done;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::Length(_) => {}
+                State::Chunked(dec) => match dec.decode(buf) {
+                    Ok(Decoded::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                    Ok(Decoded::Trailers(t)) => {
+                        self.state = State::Done;
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                    Ok(Decoded::End) => {
+                        self.state = State::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return Poll::Ready(Some(Err(UpstreamError::from(e).into()))),
+                },
+                State::UntilClose if !buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))))
+                }
+                State::UntilClose => {}
+            }
+            match ready!(self.conn.poll_fill(cx)) {
+                Ok(0) if matches!(self.state, State::UntilClose) => {
+                    self.state = State::Done;
+                    self.keep_alive = false;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err("upstream closed the connection before the body ended".into()))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(UpstreamError::Io(e).into()))),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            State::Length(n) => SizeHint::with_exact(*n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// An upstream response body. Read to the end, its connection goes back
+/// to the pool (if the upstream keeps it alive, the request body was sent
+/// whole and nothing more arrived); dropped before the end, or after an
+/// error, the connection is closed (the rest would have to be read first).
+pub struct Pooled {
+    inner: Inner,
+}
+
+enum Inner {
+    Own(Reading),
+    /// hyper's body, for upgrade requests answered without an upgrade.
+    Hyper(Incoming),
+    /// Finished; the connection was pooled or closed.
+    Done,
+}
+
+impl std::fmt::Debug for Pooled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("endpoint", &self.key).finish()
+        match &self.inner {
+            Inner::Own(r) => f.debug_struct("Pooled").field("endpoint", &r.key).finish_non_exhaustive(),
+            Inner::Hyper(_) => f.write_str("Pooled(upgrade connection)"),
+            Inner::Done => f.write_str("Pooled(done)"),
+        }
     }
 }
 
 impl Pooled {
     /// A body whose connection is not pooled (upgrades).
     pub fn unpooled(body: Incoming) -> Self {
-        Pooled { body, lease: None }
+        Pooled { inner: Inner::Hyper(body) }
     }
 
-    fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
+    /// Pools the connection if the body has been read to its end.
+    fn release_if_done(&mut self) {
+        let Inner::Own(r) = &self.inner else { return };
+        if !matches!(r.state, State::Done) {
+            return;
+        }
+        let Inner::Own(r) = std::mem::replace(&mut self.inner, Inner::Done) else { unreachable!() };
+        if r.keep_alive && r.upload.is_none() && r.conn.buf.is_empty() {
+            r.pool.put(r.key, r.conn);
         }
     }
 }
 
 impl Body for Pooled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let out = Pin::new(&mut this.body).poll_frame(cx);
-        match &out {
-            Poll::Ready(None) => this.release(),
-            // hyper stops polling a body after its trailers.
-            Poll::Ready(Some(Ok(f))) if f.is_trailers() || this.body.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => drop(this.lease.take()),
-            _ => {}
+        match &mut this.inner {
+            Inner::Own(r) => {
+                let out = r.poll_frame(cx);
+                match &out {
+                    Poll::Ready(Some(Err(_))) => this.inner = Inner::Done,
+                    Poll::Ready(_) => this.release_if_done(),
+                    Poll::Pending => {}
+                }
+                out
+            }
+            Inner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::Done => Poll::Ready(None),
         }
-        out
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.inner {
+            Inner::Own(r) => matches!(r.state, State::Done),
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::Done => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        // A body that was never polled but has nothing to read (HEAD, 204,
-        // 304, an empty 200) leaves its connection reusable.
-        if self.body.is_end_stream() {
-            self.release();
+        match &self.inner {
+            Inner::Own(r) => r.size_hint(),
+            Inner::Hyper(b) => b.size_hint(),
+            Inner::Done => SizeHint::with_exact(0),
         }
     }
 }
@@ -410,7 +699,7 @@ mod tests {
 
         drop(close_tx); // the upstream hangs up
         let closed =
-            |c: &HttpClient| c.0.idle.lock().unwrap().by_endpoint.values().flatten().all(|(s, _)| s.is_closed());
+            |c: &HttpClient| c.0.idle.lock().unwrap().by_endpoint.values().flatten().all(|(conn, _)| !conn.idle_ok());
         for _ in 0..400 {
             if closed(&client) {
                 break;

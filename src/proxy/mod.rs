@@ -10,6 +10,7 @@
 pub mod body;
 pub mod client;
 pub mod exchange;
+pub mod h1;
 pub mod headers;
 pub mod router;
 

@@ -1,0 +1,615 @@
+//! HTTP/1.1 towards upstreams, the codec half: writing a request head,
+//! parsing a response head and deciding how its body is framed (RFC 9112
+//! §6.3), decoding chunked bodies. Pure functions over byte buffers; the
+//! client (`client.rs`) owns the sockets.
+//!
+//! Hand-written rather than hyper's client connection because of where the
+//! work runs: hyper runs each upstream connection as a task of its own and
+//! hands requests and responses to it over channels, which cost about a
+//! third of a proxied request's instructions (two task wake-ups and
+//! channel operations per request). Here the request's own task writes the
+//! head and parses the answer. Parsing is `httparse`, as in hyper.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+/// A response head larger than this is refused (Envoy's default limit is
+/// 60 KiB, nginx's proxy buffers 4-8 KiB).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// At most this many header lines in a response head or trailer block (hyper's limit).
+const MAX_HEADERS: usize = 100;
+
+/// Response heads with at most this many lines are indexed on the stack.
+const SMALL_HEAD: usize = 24;
+
+/// A chunk-size line (with extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// How a request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body.
+    Empty,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// How a response body is framed (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body: HEAD, 1xx, 204, 304, or `Content-Length: 0`.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// The upstream's answer was not HTTP/1.1 we can forward.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProtocolError(pub &'static str);
+
+/// Writes `METHOD target HTTP/1.1`, a `Host` line when `host` is given,
+/// the headers except the framing ones, and the framing for `framing`.
+pub fn encode_request_head(
+    dst: &mut BytesMut,
+    method: &Method,
+    target: &str,
+    host: Option<&str>,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+) {
+    dst.reserve(64 + target.len() + headers.len() * 32);
+    dst.put_slice(method.as_str().as_bytes());
+    dst.put_u8(b' ');
+    dst.put_slice(target.as_bytes());
+    dst.put_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        put_line(dst, HOST.as_str().as_bytes(), host.as_bytes());
+    }
+    for (name, value) in headers {
+        // The framing is the gateway's to write: it follows the body it sends.
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        put_line(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        RequestFraming::Length(n) => {
+            put_line(dst, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+        }
+        RequestFraming::Chunked => put_line(dst, b"transfer-encoding", b"chunked"),
+        // Methods that usually carry a body say that this one has none,
+        // as hyper and curl do; others send no framing at all.
+        RequestFraming::Empty if matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
+            put_line(dst, b"content-length", b"0");
+        }
+        RequestFraming::Empty => {}
+    }
+    dst.put_slice(b"\r\n");
+}
+
+fn put_line(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
+    dst.put_slice(name);
+    dst.put_slice(b": ");
+    dst.put_slice(value);
+    dst.put_slice(b"\r\n");
+}
+
+/// Writes the chunk-size line of a chunk of `len` bytes.
+pub fn encode_chunk_size(dst: &mut BytesMut, len: usize) {
+    let mut hex = [0u8; 16];
+    let mut i = hex.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&hex[i..]);
+    dst.put_slice(b"\r\n");
+}
+
+/// Writes the last chunk, the trailers (if any) and the final empty line.
+pub fn encode_chunked_end(dst: &mut BytesMut, trailers: Option<&HeaderMap>) {
+    dst.put_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        put_line(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    dst.put_slice(b"\r\n");
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub parts: http::response::Parts,
+    pub framing: ResponseFraming,
+    /// Whether the connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// Parses a final response head from the front of `buf`, consuming it (and
+/// any interim 1xx heads before it). `Ok(None)`: not complete yet.
+pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, ProtocolError> {
+    loop {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                return if buf.len() >= MAX_HEAD { Err(ProtocolError("response head too large")) } else { Ok(None) };
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError("too many response headers")),
+            Err(_) => return Err(ProtocolError("malformed response head")),
+        };
+        let code = res.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| ProtocolError("invalid status code"))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ProtocolError("unexpected 101 Switching Protocols"));
+            }
+            // 100 Continue, 103 Early Hints...: not forwarded, the final answer follows.
+            buf.advance(len);
+            continue;
+        }
+        let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        // Offsets first: the header slices borrow `buf`, which is split next.
+        // On the stack for common heads; a 100-entry array would be zeroed
+        // on every response.
+        let base = buf.as_ptr() as usize;
+        let count = res.headers.len();
+        let mut small = [(0u32, 0u32, 0u32, 0u32); SMALL_HEAD];
+        let mut large = Vec::new();
+        let spans = if count <= SMALL_HEAD {
+            &mut small[..count]
+        } else {
+            large.resize(count, (0, 0, 0, 0));
+            &mut large[..]
+        };
+        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+            // Offsets within a head of at most a few hundred KiB: u32 holds them.
+            let name = (h.name.as_ptr() as usize - base) as u32;
+            let value = (h.value.as_ptr() as usize - base) as u32;
+            *span = (name, name + h.name.len() as u32, value, value + h.value.len() as u32);
+        }
+        let head = buf.split_to(len).freeze();
+        // Room for the header the gateway adds (x-request-id) without growing.
+        let mut headers = HeaderMap::with_capacity(count + 1);
+        for &(ns, ne, vs, ve) in spans.iter() {
+            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+            let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| ProtocolError("invalid header name"))?;
+            // SAFETY-free: httparse has checked the value's bytes (no CR,
+            // LF or other controls but tab), which is what HeaderValue needs.
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| ProtocolError("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let (framing, framing_keeps_alive) = framing(&mut headers, method, status)?;
+        let keep_alive = framing_keeps_alive && keeps_alive(&headers, version);
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        return Ok(Some(ResponseHead { parts, framing, keep_alive }));
+    }
+}
+
+/// The body's framing, and whether it leaves the connection reusable.
+fn framing(
+    headers: &mut HeaderMap,
+    method: &Method,
+    status: StatusCode,
+) -> Result<(ResponseFraming, bool), ProtocolError> {
+    if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((ResponseFraming::Empty, true));
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        let chunked = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        // Transfer-Encoding overrides Content-Length; a response with both
+        // may be an attempt at smuggling, so the connection is not reused
+        // and the length is not forwarded (RFC 9112 §6.3).
+        let had_length = headers.remove(CONTENT_LENGTH).is_some();
+        return Ok(if chunked {
+            (ResponseFraming::Chunked, !had_length)
+        } else {
+            (ResponseFraming::UntilClose, false)
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        // Repeated values (or a list) are fine only when they all agree.
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(trim(part)).ok_or(ProtocolError("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ProtocolError("conflicting content-length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (ResponseFraming::Empty, true),
+        Some(n) => (ResponseFraming::Length(n), true),
+        None => (ResponseFraming::UntilClose, false),
+    })
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !matches!(c, b' ' | b'\t')).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !matches!(c, b' ' | b'\t')).map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// Decimal digits only, as RFC 9110 §8.6 has it (no sign, no spaces inside).
+fn parse_length(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, &c| c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0')))
+}
+
+/// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0
+/// only with `Connection: keep-alive`.
+fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',').map(trim) {
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    !close && (version == Version::HTTP_11 || keep)
+}
+
+/// What the chunked decoder produced.
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body has ended (after its trailers, if any).
+    End,
+    /// More bytes are needed.
+    NeedMore,
+}
+
+/// A `Transfer-Encoding: chunked` body decoder (RFC 9112 §7.1).
+#[derive(Debug, Default)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl ChunkedDecoder {
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Decodes from the front of `buf`, consuming what it returns. Data
+    /// frames are slices of `buf`'s memory, not copies.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(nl) = memchr::memchr(b'\n', buf) else {
+                        return if buf.len() > MAX_CHUNK_LINE {
+                            Err(ProtocolError("chunk size line too long"))
+                        } else {
+                            Ok(Decoded::NeedMore)
+                        };
+                    };
+                    let size = parse_chunk_size(&buf[..nl])?;
+                    buf.advance(nl + 1);
+                    self.state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = left.min(buf.len() as u64) as usize;
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    self.state = if left == 0 { ChunkState::DataEnd } else { ChunkState::Data(left) };
+                    return Ok(Decoded::Data(data));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ProtocolError("missing CRLF after chunk data"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.state = ChunkState::Done;
+                        return Ok(Decoded::End);
+                    }
+                    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+                        return if buf.len() > MAX_HEAD {
+                            Err(ProtocolError("trailers too large"))
+                        } else {
+                            Ok(Decoded::NeedMore)
+                        };
+                    };
+                    let block = buf.split_to(end + 4);
+                    self.state = ChunkState::Done;
+                    return parse_trailers(&block).map(Decoded::Trailers);
+                }
+                ChunkState::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+}
+
+/// `1a;name=value\r` (the LF is cut off): hex digits, optional extensions.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
+    let line = line.strip_suffix(b"\r").ok_or(ProtocolError("chunk size line without CRLF"))?;
+    let digits = line.iter().take_while(|c| c.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(ProtocolError("invalid chunk size"));
+    }
+    let rest = trim(&line[digits..]);
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(ProtocolError("invalid chunk size"));
+    }
+    let size = line[..digits].iter().fold(0u64, |n, &c| n << 4 | u64::from((c as char).to_digit(16).unwrap_or(0)));
+    Ok(size)
+}
+
+fn parse_trailers(block: &[u8]) -> Result<HeaderMap, ProtocolError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (_, fields) = match httparse::parse_headers(block, &mut slots) {
+        Ok(httparse::Status::Complete(done)) => done,
+        _ => return Err(ProtocolError("malformed trailers")),
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for h in fields {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError("invalid trailer name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| ProtocolError("invalid trailer value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn head(method: &Method, raw: &str) -> Result<Option<ResponseHead>, ProtocolError> {
+        parse_response(&mut BytesMut::from(raw), method)
+    }
+
+    #[test]
+    fn request_head_writes_host_headers_and_framing_and_drops_the_clients_framing() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("99"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let mut dst = BytesMut::new();
+        encode_request_head(&mut dst, &Method::POST, "/p?q=1", Some("up:8080"), &h, RequestFraming::Length(5));
+        assert_eq!(&dst[..], b"POST /p?q=1 HTTP/1.1\r\nhost: up:8080\r\nx-a: 1\r\ncontent-length: 5\r\n\r\n");
+
+        let mut dst = BytesMut::new();
+        encode_request_head(&mut dst, &Method::PUT, "/", None, &HeaderMap::new(), RequestFraming::Chunked);
+        assert_eq!(&dst[..], b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
+
+        let mut dst = BytesMut::new();
+        encode_request_head(&mut dst, &Method::POST, "/", None, &HeaderMap::new(), RequestFraming::Empty);
+        assert_eq!(&dst[..], b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n", "an empty POST says so");
+        let mut dst = BytesMut::new();
+        encode_request_head(&mut dst, &Method::GET, "/", None, &HeaderMap::new(), RequestFraming::Empty);
+        assert_eq!(&dst[..], b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn chunk_encoding_is_lowercase_hex_and_ends_with_trailers() {
+        let mut dst = BytesMut::new();
+        for n in [1, 15, 16, 255, 4096, 0x1234_5678] {
+            encode_chunk_size(&mut dst, n);
+        }
+        assert_eq!(&dst[..], b"1\r\nf\r\n10\r\nff\r\n1000\r\n12345678\r\n");
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        let mut dst = BytesMut::new();
+        encode_chunked_end(&mut dst, Some(&t));
+        assert_eq!(&dst[..], b"0\r\ngrpc-status: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn a_response_head_is_parsed_and_consumed() {
+        let mut buf =
+            BytesMut::from("HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\nX-Two: a\r\nx-two: b\r\n\r\nok\n");
+        let h = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(h.parts.status, 200);
+        assert_eq!(h.parts.version, Version::HTTP_11);
+        assert_eq!(h.parts.headers["server"], "nginx");
+        assert_eq!(h.parts.headers.get_all("x-two").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(h.framing, ResponseFraming::Length(3));
+        assert!(h.keep_alive);
+        assert_eq!(&buf[..], b"ok\n", "the body stays in the buffer");
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_or_malformed_ones_are_refused() {
+        assert!(head(&Method::GET, "HTTP/1.1 200 OK\r\nServer: x\r\n").unwrap().is_none());
+        assert!(head(&Method::GET, "").unwrap().is_none());
+        let big = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(head(&Method::GET, &big).unwrap_err(), ProtocolError("response head too large"));
+        assert!(head(&Method::GET, "HTTP/1.1 abc OK\r\n\r\n").is_err());
+        assert!(head(&Method::GET, "SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: v\r\n")).collect();
+        assert!(head(&Method::GET, &format!("HTTP/1.1 200 OK\r\n{many}\r\n")).is_err());
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_101_is_refused() {
+        let mut buf =
+            BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
+        let h = parse_response(&mut buf, &Method::POST).unwrap().unwrap();
+        assert_eq!(h.parts.status, 204);
+        assert!(!h.parts.headers.contains_key("link"));
+        assert!(buf.is_empty());
+        let mut only_interim = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(parse_response(&mut only_interim, &Method::POST).unwrap().is_none());
+        assert!(only_interim.is_empty(), "the interim head is consumed");
+        assert!(head(&Method::GET, "HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |m: &Method, raw: &str| {
+            let h = head(m, raw).unwrap().unwrap();
+            (h.framing, h.keep_alive)
+        };
+        use ResponseFraming::*;
+        assert_eq!(f(&Method::HEAD, "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"), (Empty, true));
+        assert_eq!(f(&Method::GET, "HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"), (Empty, true));
+        assert_eq!(f(&Method::GET, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), (Empty, true));
+        assert_eq!(f(&Method::GET, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"), (Chunked, true));
+        assert_eq!(f(&Method::GET, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"), (Chunked, true));
+        assert_eq!(f(&Method::GET, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), (UntilClose, false));
+        assert_eq!(f(&Method::GET, "HTTP/1.1 200 OK\r\n\r\n"), (UntilClose, false));
+        assert_eq!(
+            f(&Method::GET, "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\ncontent-length: 5\r\n\r\n"),
+            (Length(5), true)
+        );
+        assert_eq!(
+            f(&Method::GET, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"),
+            (Length(5), false)
+        );
+        assert_eq!(f(&Method::GET, "HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n"), (Length(5), false));
+        assert_eq!(
+            f(&Method::GET, "HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: Keep-Alive\r\n\r\n"),
+            (Length(5), true)
+        );
+
+        // Both: chunked wins, the length is dropped, the connection is not reused.
+        let h = head(&Method::GET, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Chunked, false));
+        assert!(!h.parts.headers.contains_key(CONTENT_LENGTH));
+
+        for bad in ["5, 6", "-1", "+5", "5 5", "", "0x5", "99999999999999999999"] {
+            let raw = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
+            assert!(head(&Method::GET, &raw).is_err(), "content-length {bad:?} is refused");
+        }
+    }
+
+    /// Decodes `wire` fed in pieces of `step` bytes; the data and trailers.
+    fn decode_all(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>, usize), ProtocolError> {
+        let mut dec = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let (mut data, mut trailers) = (Vec::new(), None);
+        let mut fed = 0;
+        loop {
+            match dec.decode(&mut buf)? {
+                Decoded::Data(d) => {
+                    assert!(!d.is_empty());
+                    data.extend_from_slice(&d)
+                }
+                Decoded::Trailers(t) => trailers = Some(t),
+                Decoded::End => return Ok((data, trailers, buf.len())),
+                Decoded::NeedMore => {
+                    if fed == wire.len() {
+                        return Err(ProtocolError("ran out"));
+                    }
+                    let n = step.min(wire.len() - fed);
+                    buf.extend_from_slice(&wire[fed..fed + n]);
+                    fed += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let wire = b"5\r\nhello\r\n1;ext=\"x\"\r\n \r\n00B \r\nhello world\r\n0\r\nx-sum: 9\r\nx-b: 2\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, 64] {
+            let (data, trailers, left) = decode_all(wire, step).unwrap();
+            assert_eq!(data, b"hello hello world", "step {step}");
+            let t = trailers.expect("trailers");
+            assert_eq!((&t["x-sum"], &t["x-b"]), (&HeaderValue::from_static("9"), &HeaderValue::from_static("2")));
+            assert!(left <= 4, "nothing after the body is consumed");
+        }
+        let (data, trailers, _) = decode_all(b"0\r\n\r\n", 1).unwrap();
+        assert!(data.is_empty() && trailers.is_none());
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for bad in [
+            &b"g\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"\r\n",
+            b"5\nhello\r\n",
+            b"11111111111111111\r\n",
+            b"0\r\nno colon\r\n\r\n",
+        ] {
+            assert!(decode_all(bad, 64).is_err(), "{:?} is refused", String::from_utf8_lossy(bad));
+        }
+        let long = [b"1;".as_slice(), &[b'a'; MAX_CHUNK_LINE + 1]].concat();
+        assert!(decode_all(&long, 8192).is_err());
+    }
+
+    proptest! {
+        /// Any data, chunked any way and read in any pieces, decodes to itself.
+        #[test]
+        fn chunked_round_trip(data in proptest::collection::vec(any::<u8>(), 0..600), cuts in proptest::collection::vec(1usize..200, 0..8), step in 1usize..50) {
+            let mut wire = BytesMut::new();
+            let mut rest = &data[..];
+            for c in cuts {
+                if rest.is_empty() { break; }
+                let n = c.min(rest.len());
+                encode_chunk_size(&mut wire, n);
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            if !rest.is_empty() {
+                encode_chunk_size(&mut wire, rest.len());
+                wire.extend_from_slice(rest);
+                wire.extend_from_slice(b"\r\n");
+            }
+            encode_chunked_end(&mut wire, None);
+            let (out, trailers, left) = decode_all(&wire, step).unwrap();
+            prop_assert_eq!(out, data);
+            prop_assert!(trailers.is_none());
+            prop_assert_eq!(left, 0);
+        }
+    }
+}
