@@ -11,7 +11,9 @@
 # waygate runs under valgrind (2 workers, one service over two nginx
 # upstreams with health checks, outlier detection and a breaker, like
 # peer-bench's waygate); h2load sends 2,000 warm-up requests, then N more
-# (16 connections, one request in flight each) while callgrind counts.
+# while callgrind counts, shaped like peer-bench's load: HTTP/1.1 over 16
+# connections with one request in flight each, h2c over 8 connections with 8
+# streams each (CONNS and STREAMS override).
 # Kernel work is not counted. Needs: valgrind, h2load, nginx, curl.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -48,11 +50,15 @@ vg=$!
 pids+=("$vg")
 for _ in $(seq 150); do curl -fs -o /dev/null http://127.0.0.1:18180/ && break; sleep 0.2; done
 h1=()
-[ "$PROTO" = h1 ] && h1=(--h1)
+if [ "$PROTO" = h1 ]; then
+  h1=(--h1) conns=${CONNS:-16} streams=${STREAMS:-1}
+else
+  conns=${CONNS:-8} streams=${STREAMS:-8}
+fi
 url=http://127.0.0.1:18180/
-timeout 120 h2load "${h1[@]}" -n 2000 -c 16 -m 1 "$url" >/dev/null
+timeout 120 h2load "${h1[@]}" -n 2000 -c "$conns" -m "$streams" "$url" >/dev/null
 callgrind_control -i on "$vg" >/dev/null 2>&1
-timeout 300 h2load "${h1[@]}" -n "$N" -c 16 -m 1 "$url" | grep -E '^requests:'
+timeout 300 h2load "${h1[@]}" -n "$N" -c "$conns" -m "$streams" "$url" | grep -E '^requests:'
 callgrind_control -i off "$vg" >/dev/null 2>&1
 kill -INT "$vg"
 wait "$vg" 2>/dev/null || true
