@@ -183,9 +183,20 @@ enum Head {
     StrayCrlf,
 }
 
+static BLANK_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+
 /// Where the head that `seen` began ends in `rest`: the index just past its
 /// blank line ("\r\n\r\n"), or past a stray CRLF sent between requests.
 fn head_end(seen: &[u8], rest: &[u8]) -> Option<usize> {
+    if seen.is_empty() {
+        // The usual case, a head that starts in this read: one SIMD search
+        // for the blank line rather than a search per line.
+        if rest.starts_with(b"\r\n") {
+            return Some(2);
+        }
+        return BLANK_LINE.find(rest).map(|p| p + 4);
+    }
     let at = |k: usize| if k < seen.len() { seen[k] } else { rest[k - seen.len()] };
     let mut from = 0;
     while let Some(off) = memchr::memchr(b'\n', &rest[from..]) {
@@ -270,7 +281,31 @@ mod tests {
         head.split(|b| *b == b'\n').skip(1).map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect()
     }
 
+    /// Where a head ends, by the definition: just past the first blank
+    /// line, or past a CRLF that opens the data.
+    fn head_end_reference(data: &[u8]) -> Option<usize> {
+        if data.starts_with(b"\r\n") {
+            return Some(2);
+        }
+        (4..=data.len()).find(|&i| &data[i - 4..i] == b"\r\n\r\n")
+    }
+
     proptest::proptest! {
+        #[test]
+        fn head_end_agrees_with_its_definition_in_one_read_or_two(
+            data in proptest::collection::vec(proptest::sample::select(b"a\r\n".to_vec()), 0..40),
+            cut in 0usize..40,
+        ) {
+            let expected = head_end_reference(&data);
+            proptest::prop_assert_eq!(head_end(&[], &data), expected);
+            // Split across two reads: the first part is what was seen
+            // (only kept when it held no end), the index is in the second.
+            let cut = cut.min(data.len());
+            if head_end_reference(&data[..cut]).is_none() && cut > 0 {
+                proptest::prop_assert_eq!(head_end(&data[..cut], &data[cut..]), expected.map(|e| e - cut));
+            }
+        }
+
         #[test]
         fn header_lines_agree_with_a_plain_split_on_any_bytes(
             head in proptest::collection::vec(proptest::sample::select(b"ab:\r\n ".to_vec()), 0..64),
