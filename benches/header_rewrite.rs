@@ -38,12 +38,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("request", |b| {
         b.iter(|| {
             let mut h = base.clone();
-            let id = headers::ensure_request_id(&mut h);
+            let mut added = headers::Added::new();
+            let id = headers::ensure_request_id(&mut h, &mut added);
             let host = h.get(http::header::HOST).cloned();
             headers::remove_hop_by_hop(&mut h, false);
-            headers::set_forwarded(&mut h, client, false, host.as_ref());
-            let trace = headers::propagate_traceparent(&mut h);
-            black_box((h, id, trace))
+            headers::set_forwarded(&mut h, &mut added, client, false, host.as_ref());
+            let trace = headers::propagate_traceparent(&mut h, &mut added);
+            black_box((h, added, id, trace))
         })
     });
     g.finish();

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use super::jittered;
 use crate::config::HealthCheckConfig;
+use crate::proxy::headers::Added;
 use crate::proxy::UpstreamBody;
 use crate::registry::Endpoint;
 use crate::service::Service;
@@ -74,14 +75,17 @@ async fn probe(
     ep: &Endpoint,
     hc: &HealthCheckConfig,
 ) -> Result<u16, String> {
-    let uri = format!("http://{}{}", ep.address, hc.path);
-    let req = Request::get(uri)
+    let (parts, body) = Request::get(&*hc.path)
         .header(HOST, &*ep.address)
         .header(USER_AGENT, "waygate-health-check")
         .body(UpstreamBody::empty())
-        .map_err(|e| format!("bad check request: {e}"))?;
+        .map_err(|e| format!("bad check request: {e}"))?
+        .into_parts();
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| format!("connect error: {e}"))?;
+        let resp = client
+            .request(&ep.authority, &parts, &Added::default(), body)
+            .await
+            .map_err(|e| format!("connect error: {e}"))?;
         let status = resp.status().as_u16();
         // Read the (small) body so the connection can go back to the pool.
         let _ = Limited::new(resp.into_body(), 64 * 1024).collect().await;

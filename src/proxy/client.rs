@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 
 use super::body::{BoxError, UpstreamBody};
 use super::h1::{self, ChunkedDecoder, Decoded, RequestFraming, ResponseFraming};
+use super::headers::Added;
 
 /// Idle pooled connections are not reused after this many sweeps (one
 /// every [`SWEEP_EVERY`]): 45-50 s after their last use, below the 60-120 s
@@ -286,38 +287,45 @@ pub fn build(connect_timeout: Duration) -> HttpClient {
 }
 
 impl HttpClient {
-    /// Sends `req` (absolute-form URI naming the endpoint; origin-form on
-    /// the wire) on an idle connection to that endpoint, or a new one. A
-    /// request whose head could not be written on a pooled connection (it
-    /// closed while idle) is sent again on another, as hyper's client does.
+    /// Sends the request `parts` (with `body`, and the gateway's `added`
+    /// headers after the client's) to the endpoint at
+    /// `authority`, in origin-form, on an idle connection to it or a new
+    /// one. A request whose head could not be written on a pooled
+    /// connection (it closed while idle) is sent again on another, as
+    /// hyper's client does.
     ///
-    /// Not an `async fn`: its request parameter would be stored twice in
-    /// the future (as argument and as the mutable local), and this future is
-    /// moved on every request.
-    pub fn request(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> impl Future<Output = Result<Response<Pooled>, UpstreamError>> + Send + '_ {
-        let (parts, body) = req.into_parts();
+    /// The head is borrowed, not moved in: this future lives inside the
+    /// request's future, which is moved several times per request (HTTP/2
+    /// streams), and a retried request is sent again from the same head
+    /// without a copy of its header map.
+    pub fn request<'a>(
+        &'a self,
+        authority: &'a Authority,
+        parts: &'a http::request::Parts,
+        added: &'a Added,
+        body: UpstreamBody,
+    ) -> impl Future<Output = Result<Response<Pooled>, UpstreamError>> + Send + 'a {
+        let framing = request_framing(&body);
+        let mut body = Some(body);
         async move {
-            let key = parts.uri.authority().cloned().ok_or(UpstreamError::NoAuthority)?;
             // Without the default port, as hyper's client wrote it.
-            let host = match parts.headers.contains_key(HOST) {
+            let host = match parts.headers.contains_key(HOST) || added.contains(&HOST) {
                 true => None,
-                false if key.port_u16() == Some(80) => Some(key.host()),
-                false => Some(key.as_str()),
+                false if authority.port_u16() == Some(80) => Some(authority.host()),
+                false => Some(authority.as_str()),
             };
             let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let framing = request_framing(&body);
-            let mut body = Some(body);
             loop {
-                let (mut conn, reused) = match self.checkout(&key) {
+                let (mut conn, reused) = match self.checkout(authority) {
                     Some(c) => (c, true),
-                    None => (self.connect(&key).await?, false),
+                    // Boxed: a new connection is rare, and its future
+                    // would make every request's future larger.
+                    None => (Box::pin(self.connect(authority)).await?, false),
                 };
                 let Conn { io, out, .. } = &mut *conn;
                 out.clear();
-                h1::encode_request_head(out, &parts.method, target, host, &parts.headers, framing);
+                let headers = parts.headers.iter().chain(added.iter());
+                h1::encode_request_head(out, &parts.method, target, host, headers, framing);
                 // A body held whole (retries, health checks) goes out with the head.
                 if let Some(UpstreamBody::Full(Some(b))) = &body {
                     out.extend_from_slice(b);
@@ -364,8 +372,14 @@ impl HttpClient {
                     ResponseFraming::Chunked => State::Chunked(ChunkedDecoder::default()),
                     ResponseFraming::UntilClose => State::UntilClose,
                 };
-                let reading =
-                    Reading { conn, state, upload, keep_alive: head.keep_alive && reusable, pool: self.0.clone(), key };
+                let reading = Reading {
+                    conn,
+                    state,
+                    upload,
+                    keep_alive: head.keep_alive && reusable,
+                    pool: self.0.clone(),
+                    key: authority.clone(),
+                };
                 let mut body = Pooled { inner: Inner::Own(reading) };
                 // Nothing to read (HEAD, 204, 304): the connection is free now.
                 body.release_if_done();
@@ -679,8 +693,10 @@ mod tests {
     /// One request through `client` to `addr`, read to the end (so its
     /// connection is pooled).
     async fn get_ok(client: &HttpClient, addr: std::net::SocketAddr) {
-        let req = Request::get(format!("http://{addr}/")).body(UpstreamBody::empty()).unwrap();
-        let body = client.request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+        let (parts, body) = Request::get("/").body(UpstreamBody::empty()).unwrap().into_parts();
+        let authority: Authority = addr.to_string().parse().unwrap();
+        let resp = client.request(&authority, &parts, &Added::default(), body).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
     }
 

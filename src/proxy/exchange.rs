@@ -121,16 +121,16 @@ impl Exchange {
     /// Continues (or starts) the W3C trace in the upstream request's
     /// `traceparent`; the span id sent upstream is this request's span id,
     /// the incoming parent id (when valid) its parent.
-    pub fn propagate_trace(&mut self, headers: &mut HeaderMap) {
+    pub fn propagate_trace(&mut self, headers: &mut HeaderMap, added: &mut headers::Added) {
         let incoming = match &self.span {
             Some(_) => headers.get(&headers::TRACEPARENT).cloned(),
             None => None,
         };
-        let trace_id = headers::propagate_traceparent(headers);
+        let trace_id = headers::propagate_traceparent(headers, added);
         self.set_trace_id(trace_id);
         if let Some(s) = self.span.as_mut() {
             s.trace_id = otlp::hex_id(&trace_id).unwrap_or_default();
-            if let Some(out) = headers.get(&headers::TRACEPARENT) {
+            if let Some(out) = added.get(headers, &headers::TRACEPARENT) {
                 s.span_id = otlp::hex_id(&out.as_bytes()[36..52]).unwrap_or_default();
             }
             // The incoming header was used when its trace id was kept.

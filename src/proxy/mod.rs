@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -238,10 +238,10 @@ impl Proxy {
             // tokio's clock (the same one, pausable in tests): the deadline
             // below is derived from it without reading the clock again.
             let start = tokio::time::Instant::now();
-            // Room for what the gateway adds (request id, X-Forwarded-*,
-            // traceparent) in one growth rather than two or three.
-            parts.headers.reserve(6);
-            let request_id = headers::ensure_request_id(&mut parts.headers);
+            // What the gateway adds to the upstream request, beside the
+            // client's headers (see `Added`).
+            let mut added = headers::Added::new();
+            let request_id = headers::ensure_request_id(&mut parts.headers, &mut added);
             let mut ex = Exchange::new(start.into_std(), &parts.method, &parts.uri, &request_id, self.otlp.get());
 
             // A reverse proxy has no use for CONNECT: its authority-form target
@@ -272,8 +272,8 @@ impl Proxy {
 
             let hash = service.request_hash(&parts, conn.remote.ip());
             let upgrade = headers::wants_upgrade(&parts.headers, parts.version);
-            rewrite_request(&mut parts, &route.config, prefix_end, conn, upgrade);
-            ex.propagate_trace(&mut parts.headers);
+            rewrite_request(&mut parts, &mut added, &route.config, prefix_end, conn, upgrade);
+            ex.propagate_trace(&mut parts.headers, &mut added);
             let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
             // request_timeout bounds the whole exchange until the response head,
             // retries included.
@@ -331,8 +331,9 @@ impl Proxy {
                     let err = GatewayError::NoHealthyUpstream { service: service.name.to_string() };
                     return error_response(&err, &request_id, ex);
                 };
-                set_upstream_uri(&mut parts, &endpoint);
                 ex.use_endpoint(endpoint);
+                // Tunnels go through hyper's client, which takes one map.
+                added.merge_into(&mut parts.headers);
                 // Boxed: a rare path should not make every request's future, and
                 // so every idle connection (hyper keeps room for it), larger.
                 return Box::pin(self.tunnel(parts, body.take(), &route, timeout, request_id, ex)).await;
@@ -346,12 +347,6 @@ impl Proxy {
             loop {
                 ex.use_endpoint(endpoint.clone());
                 let may_retry = retry.is_some_and(|r| tried.len() < r.attempts as usize) && body.replayable();
-                let upstream_req = if may_retry {
-                    attempt_request(&parts, &endpoint, body.take())
-                } else {
-                    set_upstream_uri(&mut parts, &endpoint);
-                    Request::from_parts(std::mem::replace(&mut parts, Request::new(()).into_parts().0), body.take())
-                };
                 let attempt_deadline = match retry.and_then(|r| r.per_try_timeout) {
                     Some(per_try) => {
                         deadline.min(tokio::time::Instant::now().checked_add(per_try).unwrap_or_else(far_future))
@@ -362,7 +357,8 @@ impl Proxy {
                 let p2c = service.balancer().kind() == BalancerKind::P2cEwma;
                 let sent_at = p2c.then(Instant::now);
                 let attempt_at = ex.attempt_started();
-                let result = tokio::time::timeout_at(attempt_deadline, service.client().request(upstream_req)).await;
+                let sent = service.client().request(&endpoint.authority, &parts, &added, body.take());
+                let result = tokio::time::timeout_at(attempt_deadline, sent).await;
                 if let Some(t) = sent_at {
                     // Responses and timeouts are latency; a refused connection says nothing about it.
                     if !matches!(result, Ok(Err(_))) {
@@ -442,12 +438,15 @@ impl Proxy {
         let service = &route.service;
         let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
             // HTTP/2 requests cannot upgrade this way; treat as a plain request.
-            let req = Request::from_parts(parts, body);
-            let result = tokio::time::timeout(timeout, service.client().request(req)).await;
+            let result = tokio::time::timeout(
+                timeout,
+                service.client().request(&endpoint.authority, &parts, &headers::Added::default(), body),
+            )
+            .await;
             return answer(result, service, &endpoint, timeout, &request_id, ex);
         };
-        // A connection of our own speaks origin-form (`GET /path`), unlike
-        // the pooled client, which converts the absolute URI itself.
+        // A connection of our own, on hyper's client, which writes the
+        // URI as given (origin-form).
         parts.uri = parts.uri.path_and_query().map(|pq| Uri::from(pq.clone())).unwrap_or_default();
         let req = Request::from_parts(parts, body);
         let sent =
@@ -525,28 +524,6 @@ fn timeout_error(service: &Service, endpoint: &Endpoint, timeout: Duration) -> G
     GatewayError::UpstreamTimeout { service: service.name.to_string(), endpoint: endpoint.address.to_string(), timeout }
 }
 
-/// Points the request at `endpoint` (absolute-form URI: the pool is keyed by it).
-fn set_upstream_uri(parts: &mut http::request::Parts, endpoint: &Endpoint) {
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(endpoint.authority.clone());
-    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are set");
-}
-
-/// A copy of the request head for one attempt of a retryable request.
-fn attempt_request(parts: &http::request::Parts, endpoint: &Endpoint, body: UpstreamBody) -> Request<UpstreamBody> {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = parts.uri.path_and_query().cloned();
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path are set");
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req
-}
-
 /// The request body as the retry loop sees it.
 enum ReplayBody {
     /// Streamed once; taken by the first attempt.
@@ -606,6 +583,7 @@ fn far_future() -> tokio::time::Instant {
 /// Rewrites the inbound request head for the upstream hop.
 fn rewrite_request(
     parts: &mut http::request::Parts,
+    added: &mut headers::Added,
     route: &RouteConfig,
     prefix_end: usize,
     conn: ConnInfo,
@@ -620,10 +598,12 @@ fn rewrite_request(
     if parts.version == Version::HTTP_2 {
         headers::join_cookies(&mut parts.headers);
     }
-    headers::set_forwarded(&mut parts.headers, conn.remote.ip(), conn.tls, host.as_ref());
+    headers::set_forwarded(&mut parts.headers, added, conn.remote.ip(), conn.tls, host.as_ref());
     if let Some(h) = host {
         // Host is kept as the client sent it (HTTP/2 requests carry it in :authority).
-        parts.headers.entry(header::HOST).or_insert(h);
+        if !parts.headers.contains_key(header::HOST) {
+            added.set(&mut parts.headers, &header::HOST, h);
+        }
     }
     if route.strip_prefix && prefix_end > 0 {
         let path = parts.uri.path();
