@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("request", |b| {
         b.iter(|| {
             let mut h = base.clone();
-            let mut added = headers::Added::new();
+            let mut added = headers::Added::new(&h);
             let id = headers::ensure_request_id(&mut h, &mut added);
             let host = h.get(http::header::HOST).cloned();
             headers::remove_hop_by_hop(&mut h, false);

@@ -27,43 +27,76 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// instructions. A header the client sent is replaced in its map instead
 /// (no growth: the slot exists).
 #[derive(Debug, Default)]
-pub struct Added(Vec<(HeaderName, HeaderValue)>);
+pub struct Added {
+    entries: Vec<(HeaderName, HeaderValue)>,
+    /// Which of the gateway's headers ([`gateway_bit`]) the client sent,
+    /// from one pass over its names: a lookup in the map hashes the name.
+    in_map: u8,
+    /// Which of them are in `entries`.
+    added: u8,
+}
+
+/// A bit for each header the gateway sets, by a match on the name's text.
+fn gateway_bit(name: &HeaderName) -> u8 {
+    match name.as_str() {
+        "x-request-id" => 1,
+        "x-forwarded-for" => 2,
+        "x-forwarded-proto" => 4,
+        "x-forwarded-host" => 8,
+        "traceparent" => 16,
+        "host" => 32,
+        _ => 0,
+    }
+}
 
 impl Added {
-    pub fn new() -> Self {
-        // Request id, X-Forwarded-For/-Proto/-Host, traceparent; Host for HTTP/2.
-        Added(Vec::with_capacity(6))
+    /// Nothing added yet to a request whose headers are `headers`.
+    pub fn new(headers: &HeaderMap) -> Self {
+        Added {
+            // Request id, X-Forwarded-For/-Proto/-Host, traceparent; Host for HTTP/2.
+            entries: Vec::with_capacity(6),
+            in_map: headers.keys().fold(0, |m, n| m | gateway_bit(n)),
+            added: 0,
+        }
     }
 
     /// Sets `name` on the upstream request: in `headers` if the client
     /// sent it (every line of it is replaced), else beside them.
     pub fn set(&mut self, headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-        if headers.contains_key(name) {
+        let bit = gateway_bit(name);
+        let in_map = if bit == 0 { headers.contains_key(name) } else { self.in_map & bit != 0 };
+        // `new` saw the map: a header the client sent is never missed (one
+        // the gateway removed since is simply inserted again).
+        debug_assert!(in_map || !headers.contains_key(name), "{name} was sent but not seen by Added::new");
+        if in_map {
             headers.insert(name.clone(), value);
-        } else if let Some(slot) = self.0.iter_mut().find(|(n, _)| n == name) {
+        } else if bit != 0 && self.added & bit == 0 {
+            self.added |= bit;
+            self.entries.push((name.clone(), value));
+        } else if let Some(slot) = self.entries.iter_mut().find(|(n, _)| n == name) {
             slot.1 = value;
         } else {
-            self.0.push((name.clone(), value));
+            self.entries.push((name.clone(), value));
         }
     }
 
     /// The value `name` has on the upstream request.
     pub fn get<'a>(&'a self, headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-        headers.get(name).or_else(|| self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v))
+        headers.get(name).or_else(|| self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v))
     }
 
     pub fn contains(&self, name: &HeaderName) -> bool {
-        self.0.iter().any(|(n, _)| n == name)
+        self.entries.iter().any(|(n, _)| n == name)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.0.iter().map(|(n, v)| (n, v))
+        self.entries.iter().map(|(n, v)| (n, v))
     }
 
     /// Moves the added headers into `headers` (for a request sent by
     /// hyper's client, which takes one map).
     pub fn merge_into(self, headers: &mut HeaderMap) {
-        for (n, v) in self.0 {
+        for (n, v) in self.entries {
             headers.insert(n, v);
         }
     }
@@ -350,34 +383,57 @@ mod tests {
     #[test]
     fn request_id_kept_or_generated() {
         let mut h = map(&[("x-request-id", "abc-1")]);
-        let mut a = Added::new();
+        let mut a = Added::new(&h);
         assert_eq!(ensure_request_id(&mut h, &mut a), "abc-1");
         assert!(!a.contains(&X_REQUEST_ID), "the client's id stays where it is");
         let mut h = HeaderMap::new();
+        let mut a = Added::new(&h);
         let id = ensure_request_id(&mut h, &mut a);
         assert_eq!(id.len(), 32);
         assert!(h.is_empty(), "added beside the client's map, not into it");
         assert_eq!(a.get(&h, &X_REQUEST_ID), Some(&id));
-        assert_ne!(ensure_request_id(&mut HeaderMap::new(), &mut Added::new()), id);
+        assert_ne!(ensure_request_id(&mut HeaderMap::new(), &mut Added::default()), id);
         // An unusable id from the client is replaced in its map.
         let mut h = map(&[("x-request-id", "")]);
-        let mut a = Added::new();
+        let mut a = Added::new(&h);
         let id = ensure_request_id(&mut h, &mut a);
         assert_eq!((h["x-request-id"].clone(), a.contains(&X_REQUEST_ID)), (id, false));
     }
 
     #[test]
+    fn added_headers_go_beside_the_map_unless_the_client_sent_them() {
+        let names =
+            [&X_REQUEST_ID, &X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &TRACEPARENT, &header::HOST];
+        let bits: Vec<u8> = names.iter().map(|n| gateway_bit(n)).collect();
+        assert_eq!(bits, [1, 2, 4, 8, 16, 32], "one bit per header the gateway sets");
+        let mut h = map(&[("x-forwarded-proto", "ftp"), ("accept", "*/*")]);
+        let mut a = Added::new(&h);
+        a.set(&mut h, &X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        a.set(&mut h, &TRACEPARENT, HeaderValue::from_static("t1"));
+        a.set(&mut h, &TRACEPARENT, HeaderValue::from_static("t2"));
+        let other = HeaderName::from_static("x-other");
+        a.set(&mut h, &other, HeaderValue::from_static("o"));
+        assert_eq!((h.len(), &h["x-forwarded-proto"]), (2, &HeaderValue::from_static("http")), "replaced in place");
+        let beside: Vec<_> = a.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        assert_eq!(beside, [("traceparent", "t2"), ("x-other", "o")], "set twice, written once");
+        assert_eq!(a.get(&h, &TRACEPARENT).unwrap(), "t2");
+        a.merge_into(&mut h);
+        assert_eq!(h.len(), 4);
+    }
+
+    #[test]
     fn request_ids_are_kept_out_of_hpack_tables() {
         let mut h = map(&[("x-request-id", "abc-1")]);
-        assert!(ensure_request_id(&mut h, &mut Added::new()).is_sensitive());
-        assert!(ensure_request_id(&mut HeaderMap::new(), &mut Added::new()).is_sensitive());
+        let mut a = Added::new(&h);
+        assert!(ensure_request_id(&mut h, &mut a).is_sensitive());
+        assert!(ensure_request_id(&mut HeaderMap::new(), &mut Added::default()).is_sensitive());
     }
 
     #[test]
     fn forwarded_for_is_appended() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
         let host = HeaderValue::from_static("api.example.com");
-        let mut a = Added::new();
+        let mut a = Added::new(&h);
         set_forwarded(&mut h, &mut a, "127.0.0.1".parse().unwrap(), false, Some(&host));
         assert!(!a.contains(&X_FORWARDED_FOR), "the client's line is replaced in place");
         a.merge_into(&mut h);
@@ -385,7 +441,7 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         let mut h = HeaderMap::new();
-        let mut a = Added::new();
+        let mut a = Added::new(&h);
         set_forwarded(&mut h, &mut a, "::1".parse().unwrap(), true, None);
         assert!(h.is_empty());
         a.merge_into(&mut h);
@@ -396,7 +452,8 @@ mod tests {
     #[test]
     fn forwarded_for_keeps_every_line() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2")]);
-        set_forwarded(&mut h, &mut Added::new(), "127.0.0.1".parse().unwrap(), false, None);
+        let mut a = Added::new(&h);
+        set_forwarded(&mut h, &mut a, "127.0.0.1".parse().unwrap(), false, None);
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
     }
@@ -413,7 +470,8 @@ mod tests {
     fn traceparent_continues_with_new_span() {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut h = map(&[("traceparent", incoming)]);
-        let tid = propagate_traceparent(&mut h, &mut Added::new());
+        let mut a = Added::new(&h);
+        let tid = propagate_traceparent(&mut h, &mut a);
         assert_eq!(&tid, b"4bf92f3577b34da6a3ce929d0e0e4736");
         let out = h["traceparent"].to_str().unwrap();
         assert_eq!(&out[..36], &incoming[..36]);
@@ -428,7 +486,7 @@ mod tests {
             if let Some(b) = bad {
                 h.insert(TRACEPARENT.clone(), HeaderValue::from_static(b));
             }
-            let mut a = Added::new();
+            let mut a = Added::new(&h);
             let tid = propagate_traceparent(&mut h, &mut a);
             let out = a.get(&h, &TRACEPARENT).unwrap().to_str().unwrap().to_string();
             assert!(parse_traceparent(out.as_bytes()).is_some(), "{out}");

@@ -240,7 +240,7 @@ impl Proxy {
             let start = tokio::time::Instant::now();
             // What the gateway adds to the upstream request, beside the
             // client's headers (see `Added`).
-            let mut added = headers::Added::new();
+            let mut added = headers::Added::new(&parts.headers);
             let request_id = headers::ensure_request_id(&mut parts.headers, &mut added);
             let mut ex = Exchange::new(start.into_std(), &parts.method, &parts.uri, &request_id, self.otlp.get());
 
