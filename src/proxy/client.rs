@@ -66,8 +66,6 @@ pub enum UpstreamError {
     Connect(#[source] std::io::Error),
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
-    #[error("request has no upstream authority")]
-    NoAuthority,
     #[error("upstream connection: {0}")]
     Io(#[source] std::io::Error),
     #[error("upstream closed the connection before answering")]
@@ -115,11 +113,40 @@ impl Conn {
     /// Whether a pooled connection can take a request: nothing has arrived
     /// on it since its last answer was read to the end. An upstream that
     /// closed it (or sent bytes nobody asked for) made it readable, which
-    /// tokio records from epoll; reads that drained the socket cleared that.
-    /// No system call: a pending poll with a no-op waker only looks.
+    /// tokio records from epoll. No readiness: alive, with no system call.
+    /// Readiness can also be left over from a read that exactly filled the
+    /// buffer (tokio clears it only on a short read or `WouldBlock`), so it
+    /// is confirmed with one non-blocking read: `WouldBlock` is alive (and
+    /// clears it), end of stream, an error or stray bytes are not.
+    ///
+    /// Polled outside tokio's task budget: once a task has spent its budget
+    /// every readiness poll is `Pending`, which would make a checkout that
+    /// skipped ~128 closed connections take the next closed one for alive.
     fn idle_ok(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
         let mut cx = Context::from_waker(Waker::noop());
-        self.buf.is_empty() && self.io.poll_read_ready(&mut cx).is_pending()
+        let probe = tokio::task::unconstrained(std::future::poll_fn(|cx| Poll::Ready(self.io.poll_read_ready(cx))));
+        match std::pin::pin!(probe).poll(&mut cx) {
+            Poll::Ready(Poll::Pending) => true,
+            Poll::Ready(Poll::Ready(Ok(()))) => {
+                matches!(self.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            _ => false,
+        }
+    }
+
+    /// Ready for the pool: a large body's read size and buffers are not
+    /// kept by an idle connection.
+    fn shrink(&mut self) {
+        self.read_size = READ_INIT;
+        if self.buf.capacity() > 4 * READ_INIT {
+            self.buf = BytesMut::new();
+        }
+        if self.out.capacity() > 4 * READ_INIT {
+            self.out = BytesMut::new();
+        }
     }
 
     /// Reads what has arrived into `buf`; `Ok(0)` at end of stream.
@@ -423,7 +450,8 @@ impl HttpClient {
 }
 
 impl Pool {
-    fn put(&self, key: Authority, conn: Box<Conn>) {
+    fn put(&self, key: Authority, mut conn: Box<Conn>) {
+        conn.shrink();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = idle.sweeps;
         let list = match idle.by_endpoint.get_mut(key.as_str()) {
@@ -752,5 +780,76 @@ mod tests {
         client.0.sweep();
         assert_eq!(idle_count(&client), 0, "closed by the sweep that makes it stale");
         assert!(client.0.idle.lock().unwrap().by_endpoint.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_exactly_fills_the_read_buffer_leaves_its_connection_reusable() {
+        // tokio clears read readiness only on a short read: a read that
+        // fills the buffer leaves it set although the socket is drained.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    // 41 bytes of head, then the body up to READ_INIT in all.
+                    let mut answer =
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", READ_INIT - 41).into_bytes();
+                    assert_eq!(answer.len(), 41);
+                    answer.resize(READ_INIT, b'x');
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let mut seen = Vec::new();
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        s.write_all(&answer).await.unwrap();
+                    }
+                });
+            }
+        });
+        let client = build(Duration::from_secs(2));
+        for _ in 0..3 {
+            let (parts, body) = Request::get("/").body(UpstreamBody::empty()).unwrap().into_parts();
+            let authority: Authority = addr.to_string().parse().unwrap();
+            let resp = client.request(&authority, &parts, &Added::default(), body).await.unwrap();
+            assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), READ_INIT - 41);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection served all three");
+    }
+
+    #[tokio::test]
+    async fn many_connections_closed_at_once_are_all_seen_closed_at_checkout() {
+        // More than tokio's per-task budget (128 readiness polls).
+        const N: usize = 200;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = build(Duration::from_secs(2));
+        let key: Authority = addr.to_string().parse().unwrap();
+        let mut server_side = Vec::new();
+        for _ in 0..N {
+            let (c, s) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            client.0.put(key.clone(), Conn::new(c.unwrap()));
+            server_side.push(s.unwrap().0);
+        }
+        assert_eq!(idle_count(&client), N);
+        drop(server_side); // the upstream closes every idle connection
+        let all_closed =
+            |c: &HttpClient| c.0.idle.lock().unwrap().by_endpoint.values().flatten().all(|(c, _)| !c.idle_ok());
+        for _ in 0..400 {
+            if all_closed(&client) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(all_closed(&client), "every close was seen within 2 s");
+        assert!(client.checkout(&key).is_none(), "no closed connection is lent, however many are skipped");
+        assert_eq!(idle_count(&client), 0);
     }
 }

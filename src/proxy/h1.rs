@@ -69,6 +69,10 @@ pub fn encode_request_head<'a>(
     dst.reserve(512 + target.len());
     dst.put_slice(method.as_str().as_bytes());
     dst.put_u8(b' ');
+    // A target without a path (`?q` from `http://h?q`) still starts with one.
+    if target.is_empty() || target.starts_with('?') {
+        dst.put_u8(b'/');
+    }
     dst.put_slice(target.as_bytes());
     dst.put_slice(b" HTTP/1.1\r\n");
     if let Some(host) = host {
@@ -189,13 +193,18 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
         for &(ns, ne, vs, ve) in spans.iter() {
             let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
             let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| ProtocolError("invalid header name"))?;
-            // SAFETY-free: httparse has checked the value's bytes (no CR,
-            // LF or other controls but tab), which is what HeaderValue needs.
+            // httparse has checked the value's bytes already; HeaderValue
+            // checks them again (no CR, LF or other controls but tab).
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| ProtocolError("invalid header value"))?;
             headers.append(name, value);
         }
-        let (framing, framing_keeps_alive) = framing(&mut headers, method, status)?;
+        let (framing, mut framing_keeps_alive) = framing(&mut headers, method, status)?;
+        // Transfer-Encoding in HTTP/1.0 is not to be trusted for another
+        // message on the connection (RFC 9112 §6.1).
+        if version == Version::HTTP_10 && headers.contains_key(TRANSFER_ENCODING) {
+            framing_keeps_alive = false;
+        }
         let keep_alive = framing_keeps_alive && keeps_alive(&headers, version);
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status = status;
@@ -432,6 +441,9 @@ mod tests {
         let mut dst = BytesMut::new();
         encode_request_head(&mut dst, &Method::GET, "/", None, HeaderMap::new().iter(), RequestFraming::Empty);
         assert_eq!(&dst[..], b"GET / HTTP/1.1\r\n\r\n");
+        let mut dst = BytesMut::new();
+        encode_request_head(&mut dst, &Method::GET, "?x=1", None, HeaderMap::new().iter(), RequestFraming::Empty);
+        assert_eq!(&dst[..], b"GET /?x=1 HTTP/1.1\r\n\r\n", "a query without a path gets one");
     }
 
     #[test]
@@ -514,6 +526,10 @@ mod tests {
         assert_eq!(
             f(&Method::GET, "HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: Keep-Alive\r\n\r\n"),
             (Length(5), true)
+        );
+        assert_eq!(
+            f(&Method::GET, "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n"),
+            (Chunked, false)
         );
 
         // Both: chunked wins, the length is dropped, the connection is not reused.
