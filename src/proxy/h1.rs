@@ -13,7 +13,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 /// A response head larger than this is refused (Envoy's default limit is
@@ -142,8 +142,109 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+/// What a response header's name means to the codec. Hop-by-hop fields
+/// (RFC 9110 §7.6.1, plus the legacy `Keep-Alive` and `Proxy-Connection`)
+/// are read for framing and connection reuse, never forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Forwarded,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    HopByHop,
+}
+
+/// A match on the raw name's length, then its text ignoring case: most
+/// names are told apart by their length alone.
+fn field(name: &[u8]) -> Field {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Field::HopByHop,
+        7 if is("trailer") || is("upgrade") => Field::HopByHop,
+        10 if is("connection") => Field::Connection,
+        10 if is("keep-alive") => Field::HopByHop,
+        14 if is("content-length") => Field::ContentLength,
+        16 if is("proxy-connection") => Field::HopByHop,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        _ => Field::Forwarded,
+    }
+}
+
+/// Where a header line sits in the head, and what it is.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+    field: Field,
+}
+
+const NO_SPAN: Span = Span { name: (0, 0), value: (0, 0), field: Field::Forwarded };
+
+/// What the framing-relevant lines of a head say, read in the same pass
+/// that indexes the lines.
+#[derive(Debug, Default)]
+struct FramingFields {
+    transfer_encoding: bool,
+    /// The last token of the last Transfer-Encoding line is `chunked`.
+    chunked: bool,
+    /// The agreed Content-Length, or why the values are unusable.
+    length: Option<Result<u64, ProtocolError>>,
+    close: bool,
+    keep_alive: bool,
+    /// Connection lines naming other headers to drop (rare), as value spans.
+    naming: Vec<(u32, u32)>,
+}
+
+impl FramingFields {
+    fn read(&mut self, field: Field, value: &[u8], span: (u32, u32)) {
+        match field {
+            Field::TransferEncoding => {
+                self.transfer_encoding = true;
+                let last = value.rsplit(|&b| b == b',').next().map(trim).unwrap_or_default();
+                self.chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+            Field::ContentLength => {
+                // Repeated values (or a list) are fine only when they all agree.
+                for part in value.split(|&b| b == b',') {
+                    let n = parse_length(trim(part)).ok_or(ProtocolError("invalid content-length"));
+                    self.length = Some(match (self.length.take(), n) {
+                        (Some(Err(e)), _) | (_, Err(e)) => Err(e),
+                        (Some(Ok(l)), Ok(n)) if l != n => Err(ProtocolError("conflicting content-length values")),
+                        (_, Ok(n)) => Ok(n),
+                    });
+                }
+            }
+            Field::Connection => {
+                for token in value.split(|&b| b == b',').map(trim) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"upgrade") {
+                        self.naming.push(span);
+                    }
+                }
+            }
+            Field::Forwarded | Field::HopByHop => {}
+        }
+    }
+
+    /// Whether a Connection line names the header `name`.
+    fn names(&self, head: &[u8], name: &[u8]) -> bool {
+        self.naming.iter().any(|&(s, e)| {
+            head[s as usize..e as usize].split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(name))
+        })
+    }
+}
+
 /// Parses a final response head from the front of `buf`, consuming it (and
 /// any interim 1xx heads before it). `Ok(None)`: not complete yet.
+///
+/// The head's map holds only what is forwarded to the client: hop-by-hop
+/// fields, those a Connection line names, and a Content-Length beside
+/// Transfer-Encoding are read for framing and left out, in the one pass
+/// that indexes the lines (removing them from a built map hashed each
+/// name again), with room for one more entry (the request id).
 pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, ProtocolError> {
     loop {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -173,39 +274,55 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
         // on every response.
         let base = buf.as_ptr() as usize;
         let count = res.headers.len();
-        let mut small = [(0u32, 0u32, 0u32, 0u32); SMALL_HEAD];
+        let mut small = [NO_SPAN; SMALL_HEAD];
         let mut large = Vec::new();
         let spans = if count <= SMALL_HEAD {
             &mut small[..count]
         } else {
-            large.resize(count, (0, 0, 0, 0));
+            large.resize(count, NO_SPAN);
             &mut large[..]
         };
+        let mut fields = FramingFields::default();
         for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
             // Offsets within a head of at most a few hundred KiB: u32 holds them.
             let name = (h.name.as_ptr() as usize - base) as u32;
             let value = (h.value.as_ptr() as usize - base) as u32;
-            *span = (name, name + h.name.len() as u32, value, value + h.value.len() as u32);
+            let value = (value, value + h.value.len() as u32);
+            let f = field(h.name.as_bytes());
+            fields.read(f, h.value, value);
+            *span = Span { name: (name, name + h.name.len() as u32), value, field: f };
         }
         let head = buf.split_to(len).freeze();
-        // Room for the header the gateway adds (x-request-id) without growing.
-        let mut headers = HeaderMap::with_capacity(count + 1);
-        for &(ns, ne, vs, ve) in spans.iter() {
-            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-            let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| ProtocolError("invalid header name"))?;
+        let (framing, mut reusable) = framing(&fields, method, status)?;
+        // A length beside Transfer-Encoding is not forwarded (RFC 9112
+        // §6.3), unless the answer has no body anyway (HEAD, 204, 304).
+        let keep_length = !fields.transfer_encoding || framing == ResponseFraming::Empty;
+        // Transfer-Encoding in HTTP/1.0 is not to be trusted for another
+        // message on the connection (RFC 9112 §6.1).
+        if version == Version::HTTP_10 && fields.transfer_encoding {
+            reusable = false;
+        }
+        let keep_alive = reusable && !fields.close && (version == Version::HTTP_11 || fields.keep_alive);
+
+        let kept = spans.iter().filter(|s| matches!(s.field, Field::Forwarded | Field::ContentLength)).count();
+        let mut headers = HeaderMap::with_capacity(kept + 1);
+        for s in spans.iter() {
+            match s.field {
+                Field::Forwarded => {}
+                Field::ContentLength if keep_length => {}
+                _ => continue,
+            }
+            let name = &head[s.name.0 as usize..s.name.1 as usize];
+            if !fields.naming.is_empty() && fields.names(&head, name) {
+                continue;
+            }
+            let name = HeaderName::from_bytes(name).map_err(|_| ProtocolError("invalid header name"))?;
             // httparse has checked the value's bytes already; HeaderValue
             // checks them again (no CR, LF or other controls but tab).
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            let value = HeaderValue::from_maybe_shared(head.slice(s.value.0 as usize..s.value.1 as usize))
                 .map_err(|_| ProtocolError("invalid header value"))?;
             headers.append(name, value);
         }
-        let (framing, mut framing_keeps_alive) = framing(&mut headers, method, status)?;
-        // Transfer-Encoding in HTTP/1.0 is not to be trusted for another
-        // message on the connection (RFC 9112 §6.1).
-        if version == Version::HTTP_10 && headers.contains_key(TRANSFER_ENCODING) {
-            framing_keeps_alive = false;
-        }
-        let keep_alive = framing_keeps_alive && keeps_alive(&headers, version);
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = version;
@@ -216,43 +333,24 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
 
 /// The body's framing, and whether it leaves the connection reusable.
 fn framing(
-    headers: &mut HeaderMap,
+    fields: &FramingFields,
     method: &Method,
     status: StatusCode,
 ) -> Result<(ResponseFraming, bool), ProtocolError> {
     if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((ResponseFraming::Empty, true));
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        let chunked = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+    if fields.transfer_encoding {
         // Transfer-Encoding overrides Content-Length; a response with both
         // may be an attempt at smuggling, so the connection is not reused
-        // and the length is not forwarded (RFC 9112 §6.3).
-        let had_length = headers.remove(CONTENT_LENGTH).is_some();
-        return Ok(if chunked {
-            (ResponseFraming::Chunked, !had_length)
+        // (RFC 9112 §6.3).
+        return Ok(if fields.chunked {
+            (ResponseFraming::Chunked, fields.length.is_none())
         } else {
             (ResponseFraming::UntilClose, false)
         });
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        // Repeated values (or a list) are fine only when they all agree.
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(trim(part)).ok_or(ProtocolError("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError("conflicting content-length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match fields.length.clone().transpose()? {
         Some(0) => (ResponseFraming::Empty, true),
         Some(n) => (ResponseFraming::Length(n), true),
         None => (ResponseFraming::UntilClose, false),
@@ -271,20 +369,6 @@ fn parse_length(b: &[u8]) -> Option<u64> {
         return None;
     }
     b.iter().try_fold(0u64, |n, &c| c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0')))
-}
-
-/// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0
-/// only with `Connection: keep-alive`.
-fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',').map(trim) {
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    !close && (version == Version::HTTP_11 || keep)
 }
 
 /// What the chunked decoder produced.
@@ -472,6 +556,25 @@ mod tests {
         assert_eq!(h.framing, ResponseFraming::Length(3));
         assert!(h.keep_alive);
         assert_eq!(&buf[..], b"ok\n", "the body stays in the buffer");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_read_but_not_kept() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n\
+                   Proxy-Connection: x\r\nTE: trailers\r\nTrailer: x-t\r\nUpgrade: h2c\r\nx-secret: 1\r\n\
+                   X-Kept: 2\r\nconnection: Upgrade\r\ncontent-length: 0\r\n\r\n";
+        let h = head(&Method::GET, raw).unwrap().unwrap();
+        let names: Vec<&str> = h.parts.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept", "content-length"]);
+        assert!(h.keep_alive);
+
+        let h = head(&Method::GET, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx: 1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.parts.headers.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["x"]);
+        // No body anyway: the length is the resource's and is forwarded.
+        let h = head(&Method::HEAD, "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ntransfer-encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parts.headers.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["content-length"]);
     }
 
     #[test]

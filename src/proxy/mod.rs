@@ -458,6 +458,9 @@ impl Proxy {
             Err(_) => return error_response(&timeout_error(service, &endpoint, timeout), &request_id, ex),
         };
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            // hyper's client leaves the hop-by-hop headers in (the own
+            // client's parser drops them).
+            headers::remove_hop_by_hop(resp.headers_mut(), false);
             return upstream_response(resp.map(Pooled::unpooled), &request_id, ex);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -621,11 +624,11 @@ fn rewrite_request(
     parts.version = Version::HTTP_11;
 }
 
-/// The upstream's response on its way back: hop-by-hop headers out, request
-/// id in, body streamed with the exchange attached.
+/// The upstream's response on its way back (its hop-by-hop headers already
+/// dropped, see `h1::parse_response`): request id in, body streamed with the
+/// exchange attached.
 fn upstream_response(resp: Response<Pooled>, request_id: &HeaderValue, mut ex: Exchange) -> Response<ResponseBody> {
     let (mut head, body) = resp.into_parts();
-    headers::remove_hop_by_hop(&mut head.headers, false);
     head.headers.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     ex.set_status(head.status.as_u16());
     Response::from_parts(head, ResponseBody::stream(body).with_exchange(ex))
