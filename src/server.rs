@@ -11,16 +11,19 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures_util::future::{CatchUnwind, FutureExt as _};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
@@ -50,7 +53,19 @@ impl ListenerOptions {
 /// idle connection.
 struct Protocols {
     h1: hyper::server::conn::http1::Builder,
-    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    max_header_bytes: usize,
+}
+
+impl Protocols {
+    /// An HTTP/2 builder whose streams run on `streams` (made per
+    /// connection: the executor is the connection's own stream set).
+    fn h2(&self, streams: Streams) -> hyper::server::conn::http2::Builder<Streams> {
+        let mut h2 = hyper::server::conn::http2::Builder::new(streams);
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(self.max_header_bytes as u32)
+            .max_concurrent_streams(Some(1024));
+        h2
+    }
 }
 
 fn protocols(opts: &ListenerOptions) -> Protocols {
@@ -70,9 +85,83 @@ fn protocols(opts: &ListenerOptions) -> Protocols {
         // alternating perf-stat pairs), -1.7 % instructions. The buffer
         // stays bounded by max_buf_size, so large bodies still stream.
         .writev(false);
-    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new()).max_header_list_size(opts.max_header_bytes as u32).max_concurrent_streams(Some(1024));
-    Protocols { h1, h2 }
+    Protocols { h1, max_header_bytes: opts.max_header_bytes }
+}
+
+type StreamSet = FuturesUnordered<CatchUnwind<AssertUnwindSafe<Pin<Box<dyn Future<Output = ()> + Send>>>>>;
+
+/// The HTTP/2 streams of one connection, run on the connection's own task.
+///
+/// hyper hands each stream to an executor. tokio's spawns a task per
+/// stream: an aligned allocation, the stream's future (~1.7 KiB) moved into
+/// it several times, and a task of its own to schedule and tear down. Here
+/// a stream joins its connection's set and is polled by the connection's
+/// task right after the connection ([`WithStreams`]); a worker is one
+/// thread anyway. A stream whose handler panics is dropped alone (its
+/// stream is reset), as a spawned task's panic would be.
+/// Boxed: hyper runs two kinds of future on it (streams, and the send half
+/// of CONNECT tunnels), and a stream's type names its executor.
+#[derive(Clone)]
+pub struct Streams(Arc<Mutex<StreamSet>>);
+
+impl Streams {
+    fn new() -> Self {
+        Streams(Arc::new(Mutex::new(FuturesUnordered::new())))
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for Streams
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        match self.0.try_lock() {
+            Ok(set) => {
+                set.push(AssertUnwindSafe(Box::pin(fut) as Pin<Box<dyn Future<Output = ()> + Send>>).catch_unwind())
+            }
+            // Only if a stream, while its set is being polled, started
+            // another (hyper's streams do not): a task of its own then.
+            Err(_) => {
+                tokio::spawn(fut);
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/2 connection and its [`Streams`], polled together: the
+    /// connection first (it reads frames, which may start streams, and
+    /// writes what streams queued), then every stream that was woken.
+    /// When the connection ends, streams still in flight are dropped (they
+    /// could no longer answer), as HTTP/1's in-flight request is.
+    struct WithStreams<C> {
+        #[pin]
+        conn: C,
+        streams: Streams,
+    }
+}
+
+impl<C: Future> Future for WithStreams<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.conn.poll(cx) {
+            return Poll::Ready(out);
+        }
+        let mut set = match this.streams.0.lock() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Until every woken stream has been polled (the set yields Pending
+        // once none is left, or after a bounded number, waking the task).
+        while let Poll::Ready(Some(res)) = set.poll_next_unpin(cx) {
+            if res.is_err() {
+                tracing::error!("an HTTP/2 stream's handler panicked; the stream was reset");
+            }
+        }
+        Poll::Pending
+    }
 }
 
 /// Loads the certificate chain and key and builds an acceptor offering h2 and
@@ -324,9 +413,10 @@ impl Connection {
         S::Future: Send + 'static,
     {
         if h2 {
+            let streams = Streams::new();
+            let conn = WithStreams { conn: self.protocols.h2(streams.clone()).serve_connection(io, svc), streams };
             // Boxed, so plain HTTP/1 connections do not carry its size.
-            let conn = self.protocols.h2.serve_connection(io, svc);
-            Box::pin(self.until_done(conn, |c| c.graceful_shutdown())).await
+            Box::pin(self.until_done(conn, |c| c.project().conn.graceful_shutdown())).await
         } else {
             let conn = self.protocols.h1.serve_connection(io, svc).with_upgrades();
             self.until_done(conn, |c| c.graceful_shutdown()).await

@@ -75,6 +75,42 @@ async fn h2c_prior_knowledge_is_proxied_to_an_http1_upstream() {
     }
 }
 
+/// The streams of one HTTP/2 connection run on the connection's task (see
+/// `server::Streams`): a held stream must not hold back the others, and a
+/// drain waits for it and lets it finish.
+#[tokio::test]
+async fn h2_streams_of_one_connection_progress_independently_and_drain_lets_them_finish() {
+    let up = Upstream::start("h2up").await;
+    let mut gw = TestGateway::start_with("drain_timeout = \"5s\"", &simple_toml(&[&up], "")).await;
+    let tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    let sender = h2_sender(tcp).await;
+    let authority = format!("127.0.0.1:{}", gw.proxy.port());
+
+    let held = {
+        let mut s = sender.clone();
+        let req = Request::get(format!("http://{authority}/api/hold")).body(empty()).unwrap();
+        tokio::spawn(async move { Resp::collect(s.send_request(req).await.expect("held stream")).await })
+    };
+    eventually(T, "the held stream reaches the upstream", || async { up.count() == 1 }).await;
+    for i in 0..3 {
+        let mut s = sender.clone();
+        let req = Request::get(format!("http://{authority}/api/quick/{i}")).body(empty()).unwrap();
+        let r = Resp::collect(within(T, "a stream beside the held one", s.send_request(req)).await.unwrap()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["path"], format!("/quick/{i}"));
+    }
+    assert!(!held.is_finished());
+
+    let shutdown = gw.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!shutdown.is_finished(), "the drain waits for the held stream");
+    up.release();
+    let r = within(T, "the held stream", held).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["path"], "/hold");
+    assert!(within(T, "shutdown", shutdown).await.unwrap(), "drained within drain_timeout");
+}
+
 #[tokio::test]
 async fn tls_alpn_negotiates_h2_when_offered() {
     let up = Upstream::start("tls-up").await;
