@@ -170,6 +170,28 @@ fn field(name: &[u8]) -> Field {
     }
 }
 
+/// The names most answers carry, spelled as servers usually send them,
+/// told apart by length and then compared as bytes: `HeaderName::from_bytes`
+/// lowercases a name and looks it up among all standard ones (~115
+/// instructions a name, four or five names an answer).
+fn common_name(raw: &[u8]) -> Option<HeaderName> {
+    use http::header::*;
+    let either = |a: &[u8], b: &[u8]| raw == a || raw == b;
+    Some(match raw.len() {
+        4 if either(b"Date", b"date") => DATE,
+        4 if either(b"ETag", b"etag") => ETAG,
+        4 if either(b"Vary", b"vary") => VARY,
+        6 if either(b"Server", b"server") => SERVER,
+        12 if either(b"Content-Type", b"content-type") => CONTENT_TYPE,
+        13 if either(b"Cache-Control", b"cache-control") => CACHE_CONTROL,
+        13 if either(b"Last-Modified", b"last-modified") => LAST_MODIFIED,
+        13 if either(b"Accept-Ranges", b"accept-ranges") => ACCEPT_RANGES,
+        14 if either(b"Content-Length", b"content-length") => CONTENT_LENGTH,
+        16 if either(b"Content-Encoding", b"content-encoding") => CONTENT_ENCODING,
+        _ => return None,
+    })
+}
+
 /// Where a header line sits in the head, and what it is.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -316,7 +338,10 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
             if !fields.naming.is_empty() && fields.names(&head, name) {
                 continue;
             }
-            let name = HeaderName::from_bytes(name).map_err(|_| ProtocolError("invalid header name"))?;
+            let name = match common_name(name) {
+                Some(n) => n,
+                None => HeaderName::from_bytes(name).map_err(|_| ProtocolError("invalid header name"))?,
+            };
             // httparse has checked the value's bytes already; HeaderValue
             // checks them again (no CR, LF or other controls but tab).
             let value = HeaderValue::from_maybe_shared(head.slice(s.value.0 as usize..s.value.1 as usize))
@@ -575,6 +600,20 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.parts.headers.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["content-length"]);
+    }
+
+    #[test]
+    fn common_names_are_the_names_from_bytes_makes() {
+        let names =
+            "Date date ETag etag Vary vary Server server Content-Type content-type Cache-Control cache-control \
+                     Last-Modified last-modified Accept-Ranges accept-ranges Content-Length content-length \
+                     Content-Encoding content-encoding";
+        for raw in names.split_whitespace() {
+            assert_eq!(common_name(raw.as_bytes()), Some(HeaderName::from_bytes(raw.as_bytes()).unwrap()), "{raw}");
+        }
+        for other in ["DATE", "x-date", "Dat", "Content-Length2", ""] {
+            assert_eq!(common_name(other.as_bytes()), None, "{other}");
+        }
     }
 
     #[test]
