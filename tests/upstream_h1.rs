@@ -771,6 +771,27 @@ async fn chunked_request_body_arrives_chunked_with_the_same_bytes() {
 }
 
 #[tokio::test]
+async fn request_trailers_reach_the_upstream_without_framing_or_routing_fields() {
+    let up = RawUpstream::answering(|_| OK).await;
+    let gw = gateway(&up).await;
+    let (head, body) = raw_exchange(
+        &gw,
+        &[
+            b"POST /trailers HTTP/1.1\r\nhost: t.example\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-checksum: abc\r\ncontent-length: 99\r\nhost: other.example\r\n\r\n",
+        ],
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"ok");
+    let seen = up.last();
+    assert_eq!(seen.body, b"hello");
+    // A trailer that framed or routed the message could be merged into the
+    // head by the upstream: only the checksum travels.
+    assert!(seen.raw_body.ends_with(b"0\r\nx-checksum: abc\r\n\r\n"), "{:?}", String::from_utf8_lossy(&seen.raw_body));
+}
+
+#[tokio::test]
 async fn empty_post_says_content_length_0_and_get_has_no_framing() {
     let up = RawUpstream::answering(|_| OK).await;
     let gw = gateway(&up).await;

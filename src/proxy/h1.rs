@@ -125,12 +125,34 @@ pub fn encode_chunk_size(dst: &mut BytesMut, len: usize) {
 }
 
 /// Writes the last chunk, the trailers (if any) and the final empty line.
+/// Trailer fields that may not be sent as trailers are left out.
 pub fn encode_chunked_end(dst: &mut BytesMut, trailers: Option<&HeaderMap>) {
     dst.put_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
+    for (name, value) in trailers.into_iter().flatten().filter(|(name, _)| allowed_in_trailers(name)) {
         put_line(dst, name.as_str().as_bytes(), value.as_bytes());
     }
     dst.put_slice(b"\r\n");
+}
+
+/// Whether a field may travel in a trailer section (RFC 9110 §6.5.1): not
+/// one that frames the message, routes it, authenticates it or says how to
+/// process its content (a recipient that merged such a trailer into the
+/// head could be misled), the list hyper's encoder filters, and not a
+/// hop-by-hop field.
+fn allowed_in_trailers(name: &HeaderName) -> bool {
+    use http::header::*;
+    field(name.as_str().as_bytes()) == Field::Forwarded
+        && !matches!(
+            *name,
+            AUTHORIZATION
+                | CACHE_CONTROL
+                | CONTENT_ENCODING
+                | CONTENT_RANGE
+                | CONTENT_TYPE
+                | HOST
+                | MAX_FORWARDS
+                | SET_COOKIE
+        )
 }
 
 /// A parsed response head.
@@ -567,6 +589,35 @@ mod tests {
         let mut dst = BytesMut::new();
         encode_chunked_end(&mut dst, Some(&t));
         assert_eq!(&dst[..], b"0\r\ngrpc-status: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn framing_routing_and_hop_by_hop_fields_are_not_sent_as_trailers() {
+        let mut t = HeaderMap::new();
+        for name in [
+            "content-length",
+            "transfer-encoding",
+            "host",
+            "authorization",
+            "content-type",
+            "content-encoding",
+            "content-range",
+            "cache-control",
+            "max-forwards",
+            "set-cookie",
+            "trailer",
+            "te",
+            "connection",
+            "keep-alive",
+            "upgrade",
+            "grpc-status",
+            "x-checksum",
+        ] {
+            t.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        let mut dst = BytesMut::new();
+        encode_chunked_end(&mut dst, Some(&t));
+        assert_eq!(&dst[..], b"0\r\ngrpc-status: 1\r\nx-checksum: 1\r\n\r\n");
     }
 
     #[test]
