@@ -534,7 +534,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        // HTTP/2 flushes through tokio-util's poll_write_buf, which writes
+        // vectored whenever the stream can, even a single buffer (h2 copies
+        // payloads under 256 bytes behind their frame heads, so most flushes
+        // are one). One buffer goes out as a plain send.
+        let mut parts = bufs.iter().filter(|b| !b.is_empty());
+        match (parts.next(), parts.next()) {
+            (Some(one), None) => Pin::new(&mut self.inner).poll_write(cx, one),
+            _ => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -559,6 +567,58 @@ fn log_conn_end(res: Result<(), hyper::Error>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer that records which kind of write it was asked for.
+    #[derive(Default)]
+    struct Recorder {
+        plain: usize,
+        vectored: Vec<usize>,
+        bytes: Vec<u8>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.plain += 1;
+            self.bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.vectored.push(bufs.len());
+            let before = self.bytes.len();
+            for b in bufs {
+                self.bytes.extend_from_slice(b);
+            }
+            Poll::Ready(Ok(self.bytes.len() - before))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vectored_write_of_one_buffer_is_a_plain_write_and_of_more_stays_vectored() {
+        use std::io::IoSlice;
+        use tokio::io::AsyncWriteExt;
+        let mut io = Rewind { prefix: bytes::Bytes::new(), inner: Recorder::default(), framing: None };
+        assert!(io.is_write_vectored(), "h2 must still chain large payloads");
+        let n = io.write_vectored(&[IoSlice::new(b""), IoSlice::new(b"head"), IoSlice::new(b"")]).await.unwrap();
+        assert_eq!(n, 4);
+        assert_eq!((io.inner.plain, io.inner.vectored.len()), (1, 0));
+        let n = io.write_vectored(&[IoSlice::new(b"frame"), IoSlice::new(b"payload")]).await.unwrap();
+        assert_eq!(n, 12);
+        assert_eq!((io.inner.plain, &io.inner.vectored[..]), (1, &[2][..]));
+        assert_eq!(io.inner.bytes, b"headframepayload");
+    }
 
     #[tokio::test]
     async fn a_watch_resolves_when_set_before_or_after_its_first_poll() {
