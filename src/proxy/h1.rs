@@ -295,6 +295,11 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Resp
         let mut res = httparse::Response::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut slots)
         {
+            // A complete head is held to the same limit as a partial one (a
+            // single read can bring more than MAX_HEAD at once).
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                return Err(ProtocolError("response head too large"))
+            }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {
                 return if buf.len() >= MAX_HEAD { Err(ProtocolError("response head too large")) } else { Ok(None) };
@@ -463,6 +468,9 @@ impl ChunkedDecoder {
                             Ok(Decoded::NeedMore)
                         };
                     };
+                    if nl > MAX_CHUNK_LINE {
+                        return Err(ProtocolError("chunk size line too long"));
+                    }
                     let size = parse_chunk_size(&buf[..nl])?;
                     buf.advance(nl + 1);
                     self.state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
@@ -503,6 +511,9 @@ impl ChunkedDecoder {
                             Ok(Decoded::NeedMore)
                         };
                     };
+                    if end + 4 > MAX_HEAD {
+                        return Err(ProtocolError("trailers too large"));
+                    }
                     let block = buf.split_to(end + 4);
                     self.state = ChunkState::Done;
                     return parse_trailers(&block).map(Decoded::Trailers);
@@ -523,6 +534,11 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
     let rest = trim(&line[digits..]);
     if !rest.is_empty() && rest[0] != b';' {
         return Err(ProtocolError("invalid chunk size"));
+    }
+    // Extensions are ignored, but not control bytes in them (a bare CR
+    // could make another parser on the path see a different line).
+    if rest.iter().any(|&c| (c < 0x20 && c != b'\t') || c == 0x7f) {
+        return Err(ProtocolError("invalid chunk extension"));
     }
     let size = line[..digits].iter().fold(0u64, |n, &c| n << 4 | u64::from((c as char).to_digit(16).unwrap_or(0)));
     Ok(size)
@@ -673,6 +689,11 @@ mod tests {
         assert!(head(&Method::GET, "").unwrap().is_none());
         let big = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(head(&Method::GET, &big).unwrap_err(), ProtocolError("response head too large"));
+        let whole = format!("{big}\r\n");
+        assert_eq!(head(&Method::GET, &whole).unwrap_err(), ProtocolError("response head too large"), "complete too");
+        let fits = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(MAX_HEAD - 24));
+        assert_eq!(fits.len(), MAX_HEAD);
+        assert!(head(&Method::GET, &fits).unwrap().is_some(), "a head of exactly MAX_HEAD is taken");
         assert!(head(&Method::GET, "HTTP/1.1 abc OK\r\n\r\n").is_err());
         assert!(head(&Method::GET, "SSH-2.0-OpenSSH\r\n\r\n").is_err());
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: v\r\n")).collect();
@@ -788,11 +809,20 @@ mod tests {
             b"5\nhello\r\n",
             b"11111111111111111\r\n",
             b"0\r\nno colon\r\n\r\n",
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\x00\r\nhello\r\n0\r\n\r\n",
         ] {
             assert!(decode_all(bad, 64).is_err(), "{:?} is refused", String::from_utf8_lossy(bad));
         }
         let long = [b"1;".as_slice(), &[b'a'; MAX_CHUNK_LINE + 1]].concat();
         assert!(decode_all(&long, 8192).is_err());
+        // Limits hold when the line or block arrives whole in one read, too.
+        let whole = [long.as_slice(), b"\r\nx\r\n0\r\n\r\n"].concat();
+        assert_eq!(decode_all(&whole, whole.len()).unwrap_err(), ProtocolError("chunk size line too long"));
+        let trailers = format!("0\r\nx: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(decode_all(trailers.as_bytes(), trailers.len()).unwrap_err(), ProtocolError("trailers too large"));
+        let (data, _, _) = decode_all(b"3;name=\"v a\"\t;x\r\nabc\r\n0\r\n\r\n", 64).expect("extensions are ignored");
+        assert_eq!(data, b"abc");
     }
 
     proptest! {
