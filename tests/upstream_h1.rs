@@ -817,6 +817,28 @@ async fn empty_post_says_content_length_0_and_get_has_no_framing() {
 }
 
 #[tokio::test]
+async fn http2_request_gets_its_authority_as_the_first_header_upstream() {
+    let up = RawUpstream::answering(|_| OK).await;
+    let gw = gateway(&up).await;
+    let tcp = within(STEP, "connect to the gateway", TcpStream::connect(gw.proxy)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let authority = format!("h2.example:{}", gw.proxy.port());
+    let req = Request::get(format!("http://{authority}/h2")).header("x-first", "1").body(empty()).unwrap();
+    let resp = within(STEP, "h2c GET", sender.send_request(req)).await.expect("h2c GET");
+    assert_eq!(resp.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.request_line, "GET /h2 HTTP/1.1");
+    // RFC 9110 §7.2: a Host the proxy generates from :authority comes first.
+    assert_eq!(seen.headers.first(), Some(&("host".to_string(), authority)), "{:?}", seen.headers);
+    assert_eq!(seen.count("host"), 1);
+    assert_eq!(seen.header("x-first"), Some("1"));
+}
+
+#[tokio::test]
 async fn request_without_host_gets_the_endpoint_authority_as_host() {
     let up = RawUpstream::answering(|_| OK).await;
     let gw = gateway(&up).await;

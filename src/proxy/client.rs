@@ -335,11 +335,17 @@ impl HttpClient {
         let framing = request_framing(&body);
         let mut body = Some(body);
         async move {
-            // Without the default port, as hyper's client wrote it.
-            let host = match parts.headers.contains_key(HOST) || added.contains(&HOST) {
-                true => None,
-                false if authority.port_u16() == Some(80) => Some(authority.host()),
-                false => Some(authority.as_str()),
+            // Host goes first (RFC 9110 §7.2 SHOULD): the client's own stays
+            // where it was (first, from HTTP/1 clients); one the gateway adds
+            // (HTTP/2's :authority) is written before the client's headers;
+            // without either, the endpoint's authority, without the default
+            // port, as hyper's client wrote it.
+            let added_host = added.iter().find(|(n, _)| **n == HOST).map(|(_, v)| v.as_bytes());
+            let host = match added_host {
+                Some(h) => Some(h),
+                None if parts.headers.contains_key(HOST) => None,
+                None if authority.port_u16() == Some(80) => Some(authority.host().as_bytes()),
+                None => Some(authority.as_str().as_bytes()),
             };
             let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             loop {
@@ -351,7 +357,8 @@ impl HttpClient {
                 };
                 let Conn { io, out, .. } = &mut *conn;
                 out.clear();
-                let headers = parts.headers.iter().chain(added.iter());
+                let headers =
+                    parts.headers.iter().chain(added.iter().filter(|(n, _)| added_host.is_none() || **n != HOST));
                 h1::encode_request_head(out, &parts.method, target, host, headers, framing);
                 // A body held whole (retries, health checks) goes out with the head.
                 if let Some(UpstreamBody::Full(Some(b))) = &body {
