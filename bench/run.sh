@@ -79,10 +79,18 @@ idle_waygate=$(idle 18180 "$wpid" "$IDLE_CONNS")
 idle_haproxy="$(idle 18280 "$hpid" 8000) (8,000 connections)"
 echo "idle keep-alive connections, waygate: $idle_waygate"
 echo "idle keep-alive connections, haproxy: $idle_haproxy"
+cleanup; pids=()   # the idle probe's gateway, HAProxy and nginx, before the next ports are bound
 
-python3 - "$dir/results.csv" "$out" "$REPEAT" "$idle_waygate" "$idle_haproxy" "$dir" <<'PY'
+# User and system time per request, the three proxies side by side.
+split_h1=$(mktemp /tmp/waygate-split-h1.XXXXXX) split_h2=$(mktemp /tmp/waygate-split-h2.XXXXXX)
+if [ "${SPLIT_ROUNDS:-3}" -gt 0 ]; then
+  ROUNDS=${SPLIT_ROUNDS:-3} WAYGATE_BIN=$bin "$here/cpu-split.sh" | tee "$split_h1"
+  ROUNDS=${SPLIT_ROUNDS:-3} WAYGATE_BIN=$bin PROTO=h2c "$here/cpu-split.sh" | tee "$split_h2"
+fi
+
+python3 - "$dir/results.csv" "$out" "$REPEAT" "$idle_waygate" "$idle_haproxy" "$dir" "$split_h1" "$split_h2" <<'PY'
 import csv, datetime, os, platform, re, statistics, subprocess, sys
-path, out, repeat, idle_w, idle_h, rundir = sys.argv[1:7]
+path, out, repeat, idle_w, idle_h, rundir, split_h1, split_h2 = sys.argv[1:9]
 rows = list(csv.DictReader(open(path)))
 def f(r, k): return float(r[k])
 by = {}
@@ -146,6 +154,22 @@ w("")
 w(f"- waygate: {idle_w}")
 w(f"- HAProxy: {idle_h}")
 w("")
+splits = [(t, [l for l in open(p).read().splitlines() if l.startswith("|")]) for t, p in (("HTTP/1.1", split_h1), ("h2c", split_h2))]
+if any(table for _, table in splits):
+    w("## Where the CPU goes: user and system time (`bench/cpu-split.sh`)")
+    w("")
+    w("The same proxies and upstreams, started once, loaded in alternating rounds (wrk -t2 -c64, h2load -c8 -m8; "
+      "8 s after 2 s of warm-up); user and system time from /proc for every thread of each proxy, per request. "
+      "System time is the kernel's TCP path over loopback (for a sender it includes the receiver's side), "
+      "which no userspace change moves; only the user column is a proxy's own code.")
+    w("")
+    for title, table in splits:
+        if table:
+            w(f"{title}:")
+            w("")
+            for l in table:
+                w(l)
+            w("")
 open(out, "w").write("\n".join(lines) + "\n")
 print(f"wrote {out}")
 PY
