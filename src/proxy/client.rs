@@ -75,6 +75,9 @@ pub enum UpstreamError {
     /// The client's request body failed while it was being forwarded.
     #[error("{0}")]
     ClientBody(#[source] hyper::Error),
+    /// The client's request body did not match the length it declared.
+    #[error("the request body did not match its declared length")]
+    ClientBodyLength,
     /// From hyper's client, which upgrades (tunnels) still use.
     #[error(transparent)]
     Http(#[from] hyper::Error),
@@ -85,7 +88,7 @@ impl UpstreamError {
     /// not the upstream's fault.
     pub fn is_client_body(&self) -> bool {
         match self {
-            UpstreamError::ClientBody(_) => true,
+            UpstreamError::ClientBody(_) | UpstreamError::ClientBodyLength => true,
             // hyper reports a failing request body as a "user" error.
             UpstreamError::Http(e) => e.is_user(),
             _ => false,
@@ -386,8 +389,9 @@ impl HttpClient {
                             Poll::Ready(Err(UploadError::Client(e))) => {
                                 return Poll::Ready(Err(UpstreamError::ClientBody(e)))
                             }
+                            // The client's body, not the upstream: no verdict on the endpoint.
                             Poll::Ready(Err(UploadError::Length)) => {
-                                return Poll::Ready(Err(h1::ProtocolError("request body length mismatch").into()))
+                                return Poll::Ready(Err(UpstreamError::ClientBodyLength))
                             }
                             // The upstream may have answered already: read on.
                             Poll::Ready(Err(UploadError::Upstream)) => {
@@ -733,6 +737,13 @@ mod tests {
         let resp = client.request(&authority, &parts, &Added::default(), body).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
+    }
+
+    #[test]
+    fn a_body_that_breaks_its_declared_length_is_the_clients_fault_not_the_upstreams() {
+        assert!(UpstreamError::ClientBodyLength.is_client_body());
+        assert!(!UpstreamError::Protocol(h1::ProtocolError("invalid chunk size")).is_client_body());
+        assert!(!UpstreamError::Closed.is_client_body());
     }
 
     fn idle_count(c: &HttpClient) -> usize {
