@@ -778,7 +778,8 @@ async fn request_trailers_reach_the_upstream_without_framing_or_routing_fields()
         &gw,
         &[
             b"POST /trailers HTTP/1.1\r\nhost: t.example\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n",
-            b"5\r\nhello\r\n0\r\nx-checksum: abc\r\ncontent-length: 99\r\nhost: other.example\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-checksum: abc\r\ncontent-length: 99\r\nhost: other.example\r\n\
+              x-forwarded-for: 6.6.6.6\r\nx-request-id: spoof\r\n\r\n",
         ],
     )
     .await;
@@ -786,8 +787,9 @@ async fn request_trailers_reach_the_upstream_without_framing_or_routing_fields()
     assert_eq!(body, b"ok");
     let seen = up.last();
     assert_eq!(seen.body, b"hello");
-    // A trailer that framed or routed the message could be merged into the
-    // head by the upstream: only the checksum travels.
+    // A trailer that framed or routed the message, or spoofed what the
+    // gateway vouches for, could be merged into the head by the upstream:
+    // only the checksum travels.
     assert!(seen.raw_body.ends_with(b"0\r\nx-checksum: abc\r\n\r\n"), "{:?}", String::from_utf8_lossy(&seen.raw_body));
 }
 

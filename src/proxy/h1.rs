@@ -134,17 +134,20 @@ pub fn encode_chunked_end(dst: &mut BytesMut, trailers: Option<&HeaderMap>) {
     dst.put_slice(b"\r\n");
 }
 
-/// Whether a field may travel in a trailer section (RFC 9110 §6.5.1): not
+/// Whether a trailer field is passed on, either way (RFC 9110 §6.5.1): not
 /// one that frames the message, routes it, authenticates it or says how to
-/// process its content (a recipient that merged such a trailer into the
-/// head could be misled), the list hyper's encoder filters, and not a
-/// hop-by-hop field.
+/// process its content (the list hyper's encoder filters), not a hop-by-hop
+/// field, and not one the gateway sets and so vouches for (X-Forwarded-*,
+/// Forwarded, the request id, traceparent): a recipient that merged such a
+/// trailer into the head would be misled.
 fn allowed_in_trailers(name: &HeaderName) -> bool {
+    use super::headers::{TRACEPARENT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
     use http::header::*;
     field(name.as_str().as_bytes()) == Field::Forwarded
         && !matches!(
             *name,
             AUTHORIZATION
+                | PROXY_AUTHORIZATION
                 | CACHE_CONTROL
                 | CONTENT_ENCODING
                 | CONTENT_RANGE
@@ -152,7 +155,9 @@ fn allowed_in_trailers(name: &HeaderName) -> bool {
                 | HOST
                 | MAX_FORWARDS
                 | SET_COOKIE
+                | FORWARDED
         )
+        && ![&X_FORWARDED_FOR, &X_FORWARDED_HOST, &X_FORWARDED_PROTO, &X_REQUEST_ID, &TRACEPARENT].contains(&name)
 }
 
 /// A parsed response head.
@@ -554,7 +559,11 @@ fn parse_trailers(block: &[u8]) -> Result<HeaderMap, ProtocolError> {
     for h in fields {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError("invalid trailer name"))?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| ProtocolError("invalid trailer value"))?;
-        map.append(name, value);
+        // Hop-by-hop fields would also make h2 refuse the trailers frame
+        // for an HTTP/2 client.
+        if allowed_in_trailers(&name) {
+            map.append(name, value);
+        }
     }
     Ok(map)
 }
@@ -626,6 +635,13 @@ mod tests {
             "connection",
             "keep-alive",
             "upgrade",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "forwarded",
+            "x-request-id",
+            "traceparent",
+            "proxy-authorization",
             "grpc-status",
             "x-checksum",
         ] {
@@ -797,6 +813,14 @@ mod tests {
         }
         let (data, trailers, _) = decode_all(b"0\r\n\r\n", 1).unwrap();
         assert!(data.is_empty() && trailers.is_none());
+    }
+
+    #[test]
+    fn response_trailers_keep_only_the_fields_allowed_in_trailers() {
+        let wire = b"0\r\ngrpc-status: 0\r\nConnection: close\r\ncontent-length: 3\r\nx-request-id: s\r\n\r\n";
+        let (_, trailers, _) = decode_all(wire, 64).unwrap();
+        let t = trailers.expect("trailers");
+        assert_eq!(t.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["grpc-status"]);
     }
 
     #[test]
