@@ -36,17 +36,14 @@ pub struct Added {
     added: u8,
 }
 
-const REQUEST_ID_BIT: u8 = 1;
-const TRACEPARENT_BIT: u8 = 16;
-
 /// A bit for each header the gateway sets, by a match on the name's text.
 fn gateway_bit(name: &HeaderName) -> u8 {
     match name.as_str() {
-        "x-request-id" => REQUEST_ID_BIT,
+        "x-request-id" => 1,
         "x-forwarded-for" => 2,
         "x-forwarded-proto" => 4,
         "x-forwarded-host" => 8,
-        "traceparent" => TRACEPARENT_BIT,
+        "traceparent" => 16,
         "host" => 32,
         _ => 0,
     }
@@ -88,10 +85,15 @@ impl Added {
         headers.get(name).or_else(|| self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v))
     }
 
-    /// Whether the client's map may hold the header of `bit` (false: it
-    /// was not sent, and a lookup that hashes its name can be skipped).
-    fn maybe_in_map(&self, bit: u8) -> bool {
-        self.in_map & bit != 0
+    /// Whether the client's map may hold `name`, one of the gateway's
+    /// headers (false: it was not sent, and a lookup that hashes its name
+    /// can be skipped). Only as true as the map `new` saw: an
+    /// `Added::default()` beside a map with headers in it would miss them
+    /// (checked in debug builds).
+    fn maybe_in_map(&self, headers: &HeaderMap, name: &HeaderName) -> bool {
+        let maybe = self.in_map & gateway_bit(name) != 0;
+        debug_assert!(maybe || !headers.contains_key(name), "{name} was sent but not seen by Added::new");
+        maybe
     }
 
     pub fn contains(&self, name: &HeaderName) -> bool {
@@ -200,7 +202,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap, added: &mut Added) -> HeaderVa
     // (HTTP/2 answers) must not add it to the connection's header table,
     // where every response would evict a useful entry to store a value
     // that never comes back (~1.5 % of an h2c request's CPU, measured).
-    let sent = if added.maybe_in_map(REQUEST_ID_BIT) { headers.get(&X_REQUEST_ID) } else { None };
+    let sent = if added.maybe_in_map(headers, &X_REQUEST_ID) { headers.get(&X_REQUEST_ID) } else { None };
     if let Some(v) = sent {
         if !v.is_empty() && v.len() <= 200 && v.to_str().is_ok() {
             let mut v = v.clone();
@@ -283,7 +285,7 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 pub fn propagate_traceparent(headers: &mut HeaderMap, added: &mut Added) -> [u8; 32] {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let mut trace_id = [0u8; 32];
-    let sent = if added.maybe_in_map(TRACEPARENT_BIT) { headers.get(&TRACEPARENT) } else { None };
+    let sent = if added.maybe_in_map(headers, &TRACEPARENT) { headers.get(&TRACEPARENT) } else { None };
     match sent.and_then(|v| parse_traceparent(v.as_bytes())) {
         Some((tid, flags)) => {
             trace_id.copy_from_slice(tid);
