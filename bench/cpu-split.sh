@@ -12,8 +12,8 @@
 # Every proxy: 2 workers, round robin over the same two nginx upstream ports
 # (one nginx worker), keep-alive both ways, no access log; waygate with
 # health checks, outlier detection and a breaker, as in waygate-peer.sh.
-# Times come from /proc (utime/stime of every thread of the proxy and of its
-# child processes), context switches from each thread's status. Every load
+# Times come from /proc (utime/stime of the proxy's process and of its child
+# processes), context switches from each thread's status. Every load
 # run is bounded (wrk -d / h2load -D, inside timeout). Needs: wrk, h2load,
 # nginx, haproxy, curl.
 set -euo pipefail
@@ -88,8 +88,9 @@ if [ "$PROTO" = h1 ]; then
   pids+=("${pid[nginx]}")
   peers=(haproxy nginx waygate)
 fi
+up() { for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; return 1; }
 for p in "${peers[@]}"; do
-  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:${port[$p]}/" && break; sleep 0.1; done
+  up "${port[$p]}" || { echo "cpu-split: $p did not answer on port ${port[$p]}" >&2; exit 1; }
 done
 
 # load PORT SECONDS -> the number of requests completed
@@ -100,14 +101,18 @@ load() {
     timeout $(($2 + 30)) h2load -c8 -m8 -D "$2" "http://127.0.0.1:$1/" 2>/dev/null | awk '/^requests:/ { print $8 }'
   fi
 }
-# sample PID -> "utime stime voluntary nonvoluntary" over its threads and its children's
+# sample PID -> "utime stime voluntary nonvoluntary": times from the stat of
+# the process and of each child process (a process's times include its
+# threads, also those that have exited), switches summed over threads.
 sample() {
-  local u=0 s=0 v=0 n=0 t f
-  for t in /proc/"$1"/task/* $(for c in $(pgrep -P "$1"); do echo /proc/"$c"/task/*; done); do
-    read -r -a f <"$t/stat" || continue
+  local u=0 s=0 v=0 n=0 p t f cs
+  for p in "$1" $(pgrep -P "$1" || true); do
+    read -r -a f <"/proc/$p/stat" || continue
     u=$((u + f[13])) s=$((s + f[14]))
-    v=$((v + $(awk '/^voluntary_ctxt_switches/ { print $2 }' "$t/status")))
-    n=$((n + $(awk '/^nonvoluntary_ctxt_switches/ { print $2 }' "$t/status")))
+    for t in /proc/"$p"/task/*; do
+      cs=$(awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 } END { print v + 0, n + 0 }' "$t/status" 2>/dev/null || echo "0 0")
+      v=$((v + ${cs% *})) n=$((n + ${cs#* }))
+    done
   done
   echo "$u $s $v $n"
 }
@@ -120,8 +125,12 @@ for r in $(seq "$ROUNDS"); do
   for p in "${order[@]}"; do
     load "${port[$p]}" 2 >/dev/null
     read -r u0 s0 v0 n0 < <(sample "${pid[$p]}")
-    req=$(load "${port[$p]}" "$DUR")
+    req=$(load "${port[$p]}" "$DUR" || true)
     read -r u1 s1 v1 n1 < <(sample "${pid[$p]}")
+    if ! [ "${req:-0}" -gt 0 ] 2>/dev/null; then
+      echo "cpu-split: no requests completed against $p in round $r; round left out" >&2
+      continue
+    fi
     awk -v p="$p" -v r="$r" -v q="$req" -v hz="$hz" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v v=$((v1 - v0)) -v n=$((n1 - n0)) \
       'BEGIN { k = 1e6 / hz / q; printf "%s %d %d %.2f %.2f %.2f %.3f %.3f\n", p, r, q, u * k, s * k, (u + s) * k, v / q, n / q }' \
       | tee -a "$run/split.txt"
@@ -134,10 +143,12 @@ awk 'NR > 1 { n[$1]++; u[$1] += $4; s[$1] += $5; t[$1] += $6; v[$1] += $7; c[$1]
   END {
     print "| proxy | user µs | system µs | total µs | total ÷ HAProxy | system ÷ HAProxy total | voluntary cs | involuntary cs |"
     print "|---|---|---|---|---|---|---|---|"
-    h = t["haproxy"] / n["haproxy"]
+    h = n["haproxy"] ? t["haproxy"] / n["haproxy"] : 0
     split("waygate haproxy nginx", order, " ")
     for (i = 1; i <= 3; i++) {
       p = order[i]
-      if (p in n) printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.3f |\n", p, u[p] / n[p], s[p] / n[p], t[p] / n[p], t[p] / n[p] / h, s[p] / n[p] / h, v[p] / n[p], c[p] / n[p]
+      if (!(p in n)) continue
+      if (h) printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.3f |\n", p, u[p] / n[p], s[p] / n[p], t[p] / n[p], t[p] / n[p] / h, s[p] / n[p] / h, v[p] / n[p], c[p] / n[p]
+      else printf "| %s | %.2f | %.2f | %.2f | n/a | n/a | %.3f | %.3f |\n", p, u[p] / n[p], s[p] / n[p], t[p] / n[p], v[p] / n[p], c[p] / n[p]
     }
   }' "$run/split.txt"
