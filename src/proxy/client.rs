@@ -343,7 +343,7 @@ impl HttpClient {
             // (HTTP/2's :authority) is written before the client's headers;
             // without either, the endpoint's authority, without the default
             // port, as hyper's client wrote it.
-            let added_host = added.iter().find(|(n, _)| **n == HOST).map(|(_, v)| v.as_bytes());
+            let added_host = added.host().map(http::HeaderValue::as_bytes);
             let host = match added_host {
                 Some(h) => Some(h),
                 None if parts.headers.contains_key(HOST) => None,
@@ -360,8 +360,8 @@ impl HttpClient {
                 };
                 let Conn { io, out, .. } = &mut *conn;
                 out.clear();
-                let headers =
-                    parts.headers.iter().chain(added.iter().filter(|(n, _)| added_host.is_none() || **n != HOST));
+                let skip_host = added_host.is_some();
+                let headers = parts.headers.iter().chain(added.iter().filter(move |(n, _)| !skip_host || **n != HOST));
                 h1::encode_request_head(out, &parts.method, target, host, headers, framing);
                 // A body held whole (retries, health checks) goes out with the head.
                 if let Some(UpstreamBody::Full(Some(b))) = &body {

@@ -100,6 +100,10 @@ pub fn encode_request_head<'a>(
     dst.put_slice(b"\r\n");
 }
 
+// Inlined on purpose: with the trailer paths calling them too, LLVM stopped
+// inlining these two into the request's head writing and parsing (+170
+// instructions a request, callgrind).
+#[inline(always)]
 fn put_line(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
     dst.put_slice(name);
     dst.put_slice(b": ");
@@ -183,6 +187,7 @@ enum Field {
 
 /// A match on the raw name's length, then its text ignoring case: most
 /// names are told apart by their length alone.
+#[inline(always)]
 fn field(name: &[u8]) -> Field {
     let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
     match name.len() {

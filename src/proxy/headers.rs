@@ -36,15 +36,19 @@ pub struct Added {
     added: u8,
 }
 
+const REQUEST_ID_BIT: u8 = 1;
+const TRACEPARENT_BIT: u8 = 16;
+const HOST_BIT: u8 = 32;
+
 /// A bit for each header the gateway sets, by a match on the name's text.
 fn gateway_bit(name: &HeaderName) -> u8 {
     match name.as_str() {
-        "x-request-id" => 1,
+        "x-request-id" => REQUEST_ID_BIT,
         "x-forwarded-for" => 2,
         "x-forwarded-proto" => 4,
         "x-forwarded-host" => 8,
-        "traceparent" => 16,
-        "host" => 32,
+        "traceparent" => TRACEPARENT_BIT,
+        "host" => HOST_BIT,
         _ => 0,
     }
 }
@@ -90,10 +94,20 @@ impl Added {
     /// can be skipped). Only as true as the map `new` saw: an
     /// `Added::default()` beside a map with headers in it would miss them
     /// (checked in debug builds).
-    fn maybe_in_map(&self, headers: &HeaderMap, name: &HeaderName) -> bool {
-        let maybe = self.in_map & gateway_bit(name) != 0;
+    fn maybe_in_map(&self, headers: &HeaderMap, bit: u8, name: &HeaderName) -> bool {
+        debug_assert_eq!(bit, gateway_bit(name));
+        let maybe = self.in_map & bit != 0;
         debug_assert!(maybe || !headers.contains_key(name), "{name} was sent but not seen by Added::new");
         maybe
+    }
+
+    /// The Host the gateway added (HTTP/2's `:authority`), if it did: one
+    /// bit test for requests that carry their own.
+    pub fn host(&self) -> Option<&HeaderValue> {
+        if self.added & HOST_BIT == 0 {
+            return None;
+        }
+        self.entries.iter().find(|(n, _)| *n == header::HOST).map(|(_, v)| v)
     }
 
     pub fn contains(&self, name: &HeaderName) -> bool {
@@ -202,7 +216,8 @@ pub fn ensure_request_id(headers: &mut HeaderMap, added: &mut Added) -> HeaderVa
     // (HTTP/2 answers) must not add it to the connection's header table,
     // where every response would evict a useful entry to store a value
     // that never comes back (~1.5 % of an h2c request's CPU, measured).
-    let sent = if added.maybe_in_map(headers, &X_REQUEST_ID) { headers.get(&X_REQUEST_ID) } else { None };
+    let sent =
+        if added.maybe_in_map(headers, REQUEST_ID_BIT, &X_REQUEST_ID) { headers.get(&X_REQUEST_ID) } else { None };
     if let Some(v) = sent {
         if !v.is_empty() && v.len() <= 200 && v.to_str().is_ok() {
             let mut v = v.clone();
@@ -285,7 +300,8 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 pub fn propagate_traceparent(headers: &mut HeaderMap, added: &mut Added) -> [u8; 32] {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let mut trace_id = [0u8; 32];
-    let sent = if added.maybe_in_map(headers, &TRACEPARENT) { headers.get(&TRACEPARENT) } else { None };
+    let sent =
+        if added.maybe_in_map(headers, TRACEPARENT_BIT, &TRACEPARENT) { headers.get(&TRACEPARENT) } else { None };
     match sent.and_then(|v| parse_traceparent(v.as_bytes())) {
         Some((tid, flags)) => {
             trace_id.copy_from_slice(tid);
