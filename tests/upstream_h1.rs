@@ -835,9 +835,52 @@ async fn http2_request_gets_its_authority_as_the_first_header_upstream() {
     let seen = up.last();
     assert_eq!(seen.request_line, "GET /h2 HTTP/1.1");
     // RFC 9110 §7.2: a Host the proxy generates from :authority comes first.
-    assert_eq!(seen.headers.first(), Some(&("host".to_string(), authority)), "{:?}", seen.headers);
+    assert_eq!(seen.headers.first(), Some(&("host".to_string(), authority.clone())), "{:?}", seen.headers);
     assert_eq!(seen.count("host"), 1);
     assert_eq!(seen.header("x-first"), Some("1"));
+
+    // A host header that names another host than :authority does not win
+    // over it (the route was matched on :authority).
+    let req = Request::get(format!("http://{authority}/h2b")).header("host", "other.example").body(empty()).unwrap();
+    let resp = within(STEP, "h2c GET", sender.send_request(req)).await.expect("h2c GET");
+    assert_eq!(resp.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.header("host"), Some(authority.as_str()));
+    assert_eq!(seen.count("host"), 1);
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_replaces_the_host_header_upstream() {
+    let up = RawUpstream::answering(|_| OK).await;
+    let gw = gateway(&up).await;
+    // RFC 9112 §3.2.2: the target's authority is the host (and the one the
+    // route was matched on); a Host beside it is replaced.
+    let (head, body) =
+        raw_exchange(&gw, &[b"GET http://target.example:8080/abs?q=1 HTTP/1.1\r\nhost: other.example\r\n\r\n"]).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"ok");
+    let seen = up.last();
+    assert_eq!(seen.request_line, "GET /abs?q=1 HTTP/1.1", "origin-form upstream");
+    assert_eq!(seen.header("host"), Some("target.example:8080"));
+    assert_eq!(seen.count("host"), 1);
+    assert_eq!(seen.header("x-forwarded-host"), Some("target.example:8080"));
+}
+
+#[tokio::test]
+async fn two_host_lines_are_refused_with_400_and_nothing_reaches_the_upstream() {
+    let up = RawUpstream::answering(|_| OK).await;
+    let gw = gateway(&up).await;
+    let (head, body) =
+        raw_exchange(&gw, &[b"GET /two HTTP/1.1\r\nhost: a.example\r\nx-a: 1\r\nhost: b.example\r\n\r\n"]).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error");
+    assert_eq!(v["error"], "bad_request", "{v}");
+    assert!(v["request_id"].is_string(), "{v}");
+    assert!(up.requests().is_empty(), "nothing was forwarded");
+    // One Host line, with other repeated names, is served as usual.
+    let (head, _) = raw_exchange(&gw, &[b"GET /one HTTP/1.1\r\nhost: a.example\r\nx-a: 1\r\nx-a: 2\r\n\r\n"]).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(up.last().header("host"), Some("a.example"));
 }
 
 #[tokio::test]

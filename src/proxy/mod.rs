@@ -252,6 +252,18 @@ impl Proxy {
                 return error_response(&GatewayError::BadRequest { message }, &request_id, ex);
             }
 
+            // More than one Host line (RFC 9112 §3.2: 400): the gateway
+            // routes on one, an upstream might take another. The map counts
+            // values and names, so a request with no repeated name pays
+            // nothing more.
+            if parts.headers.len() != parts.headers.keys_len()
+                && parts.headers.get_all(header::HOST).iter().nth(1).is_some()
+            {
+                ex.set_no_route(self.snapshot.load().no_route.clone());
+                let message = "more than one Host header".to_string();
+                return error_response(&GatewayError::BadRequest { message }, &request_id, ex);
+            }
+
             let Some((route, prefix_end)) = self.route(&parts) else {
                 ex.set_no_route(self.snapshot.load().no_route.clone());
                 let err = GatewayError::NoRoute { method: parts.method.clone(), path: parts.uri.path().to_string() };
@@ -592,10 +604,17 @@ fn rewrite_request(
     conn: ConnInfo,
     upgrade: bool,
 ) {
-    // The host the client asked for: Host (HTTP/1) or :authority (HTTP/2).
-    let host = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // The host the client asked for, the one its route was matched on: the
+    // target's authority when it has one (HTTP/2's :authority, an HTTP/1
+    // absolute-form target), else Host. A Host beside such a target is
+    // replaced by it (RFC 9112 §3.2.2, RFC 9113 §8.3.1), so the upstream
+    // never sees another host than the one routed on.
+    let (host, from_target) = match parts.uri.authority() {
+        Some(a) => {
+            let a = a.as_str();
+            (HeaderValue::from_str(a.rsplit('@').next().unwrap_or(a)).ok(), true)
+        }
+        None => (parts.headers.get(header::HOST).cloned(), false),
     };
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     if parts.version == Version::HTTP_2 {
@@ -603,8 +622,8 @@ fn rewrite_request(
     }
     headers::set_forwarded(&mut parts.headers, added, conn.remote.ip(), conn.tls, host.as_ref());
     if let Some(h) = host {
-        // Host is kept as the client sent it (HTTP/2 requests carry it in :authority).
-        if !parts.headers.contains_key(header::HOST) {
+        // A Host the client sent with an origin-form target is kept as sent.
+        if from_target || !parts.headers.contains_key(header::HOST) {
             added.set(&mut parts.headers, &header::HOST, h);
         }
     }
