@@ -28,25 +28,7 @@ run=$(mktemp -d /tmp/waygate-split.XXXXXX)
 body='ok from upstream: 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123\n'
 start_nginx "$run" "server { listen 127.0.0.1:19101; listen 127.0.0.1:19102; location / { default_type text/plain; return 200 \"$body\"; } }"
 
-cat >"$run/gateway.toml" <<TOML
-[gateway]
-listen = "127.0.0.1:18180"
-admin_listen = "127.0.0.1:18181"
-worker_threads = 2
-[[services]]
-name = "bench"
-endpoints = ["127.0.0.1:19101", "127.0.0.1:19102"]
-[services.health_check]
-path = "/"
-interval = "1s"
-[services.outlier_detection]
-consecutive_failures = 5
-[services.circuit_breaker]
-failure_threshold = 5
-[[routes]]
-path_prefix = "/"
-service = "bench"
-TOML
+write_gateway_toml "$run/gateway.toml"
 cat >"$run/haproxy.cfg" <<CFG
 global
   nbthread 2

@@ -25,25 +25,7 @@ run=$(mktemp -d /tmp/waygate-ir.XXXXXX)
 
 start_nginx "$run" 'server { listen 127.0.0.1:19101; listen 127.0.0.1:19102; location / { return 200 "ok\n"; } }'
 
-cat >"$run/gateway.toml" <<TOML
-[gateway]
-listen = "127.0.0.1:18180"
-admin_listen = "127.0.0.1:18181"
-worker_threads = 2
-[[services]]
-name = "bench"
-endpoints = ["127.0.0.1:19101", "127.0.0.1:19102"]
-[services.health_check]
-path = "/"
-interval = "1s"
-[services.outlier_detection]
-consecutive_failures = 5
-[services.circuit_breaker]
-failure_threshold = 5
-[[routes]]
-path_prefix = "/"
-service = "bench"
-TOML
+write_gateway_toml "$run/gateway.toml"
 RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$run/callgrind.out" \
   "$bin" run --config "$run/gateway.toml" >"$run/valgrind.log" 2>&1 &
 vg=$!

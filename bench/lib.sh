@@ -17,3 +17,28 @@ NGINX
   nginx -c "$1/nginx.conf" -p "$1" &
   pids+=($!)
 }
+
+# write_gateway_toml FILE: waygate on 127.0.0.1:18180 (admin 18181), 2
+# workers, one service over the nginx upstreams on 19101 and 19102 with
+# health checks, outlier detection and a breaker, as peer-bench's waygate.
+write_gateway_toml() {
+  cat >"$1" <<TOML
+[gateway]
+listen = "127.0.0.1:18180"
+admin_listen = "127.0.0.1:18181"
+worker_threads = 2
+[[services]]
+name = "bench"
+endpoints = ["127.0.0.1:19101", "127.0.0.1:19102"]
+[services.health_check]
+path = "/"
+interval = "1s"
+[services.outlier_detection]
+consecutive_failures = 5
+[services.circuit_breaker]
+failure_threshold = 5
+[[routes]]
+path_prefix = "/"
+service = "bench"
+TOML
+}
