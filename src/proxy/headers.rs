@@ -110,7 +110,10 @@ impl Added {
         self.entries.iter().find(|(n, _)| *n == header::HOST).map(|(_, v)| v)
     }
 
-    pub fn contains(&self, name: &HeaderName) -> bool {
+    /// Whether `name` was added beside the map (the tests' view; the
+    /// request path asks [`Added::host`]).
+    #[cfg(test)]
+    fn contains(&self, name: &HeaderName) -> bool {
         self.entries.iter().any(|(n, _)| n == name)
     }
 
@@ -387,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn hex_digits_are_formats_lowercase_hex() {
+    fn hex_digits_are_what_format_writes_as_lowercase_hex() {
         let mut values = vec![0, 1, 9, 10, 15, 16, 0xff, 0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, u64::MAX];
         values.extend((0..1000).map(|_| fast_random()));
         for x in values {
