@@ -11,6 +11,7 @@ pub mod admin;
 pub mod balancer;
 pub mod breaker;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod framing;

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{GatewayConfig, TlsConfig};
+use crate::deadline::ConnTimer;
 use crate::framing::{Framing, Verdict};
 use crate::proxy::{ConnInfo, ResponseBody};
 
@@ -70,7 +71,8 @@ impl Protocols {
 
 fn protocols(opts: &ListenerOptions) -> Protocols {
     let mut h1 = hyper::server::conn::http1::Builder::new();
-    h1.timer(TokioTimer::new())
+    // The timer is set per connection, in `Connection::drive`.
+    h1
         // A client must send its whole request head within this time
         // (slowloris); the limit also bounds how long an idle keep-alive
         // connection waits for its next request.
@@ -375,14 +377,10 @@ impl Connection {
         Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
     {
         let _tracker = self.shutdown.tracker.clone();
-        let info = ConnInfo { remote, tls: self.tls.is_some() };
-        // The service's future is the handler's own, not wrapped in another
-        // async block: hyper boxes it once per connection, and a wrapper
-        // would hold it twice over (an idle connection's biggest cost).
-        let svc = hyper::service::service_fn(move |req| make(req, info));
+        let info = ConnInfo { remote, tls: self.tls.is_some(), timer: None };
         match &self.tls {
             None => match first_bytes(stream, self.handshake_timeout, self.max_head).await {
-                Ok((io, h2)) => self.drive(TokioIo::new(io), svc, h2).await,
+                Ok((io, h2)) => self.drive(TokioIo::new(io), make, info, h2).await,
                 Err(e) => tracing::debug!(%remote, error = %e, "connection closed before a request"),
             },
             // Boxed: the TLS states would otherwise be part of every plain
@@ -392,7 +390,7 @@ impl Connection {
                 Box::pin(async {
                     match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => match first_bytes(tls, self.handshake_timeout, self.max_head).await {
-                            Ok((io, h2)) => self.drive(TokioIo::new(io), svc, h2).await,
+                            Ok((io, h2)) => self.drive(TokioIo::new(io), make, info, h2).await,
                             Err(e) => tracing::debug!(%remote, error = %e, "connection closed before a request"),
                         },
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
@@ -404,21 +402,31 @@ impl Connection {
         }
     }
 
-    async fn drive<I, S>(&self, io: I, svc: S, h2: bool)
+    async fn drive<I, F, Fut>(&self, io: I, make: F, mut info: ConnInfo, h2: bool)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
+        F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
     {
+        // The service's future is the handler's own, not wrapped in another
+        // async block: hyper boxes it once per connection, and a wrapper
+        // would hold it twice over (an idle connection's biggest cost).
         if h2 {
+            let svc = hyper::service::service_fn(move |req| make(req, info.clone()));
             let streams = Streams::new();
             let conn = WithStreams { conn: self.protocols.h2(streams.clone()).serve_connection(io, svc), streams };
             // Boxed, so plain HTTP/1 connections do not carry its size.
             Box::pin(self.until_done(conn, |c| c.project().conn.graceful_shutdown())).await
         } else {
-            let conn = self.protocols.h1.serve_connection(io, svc).with_upgrades();
+            // The connection's own timer, so its header-read deadlines and
+            // its requests' deadlines share one timer-wheel entry (see
+            // `deadline`).
+            let timer = ConnTimer::new();
+            let mut h1 = self.protocols.h1.clone();
+            h1.timer(timer.clone());
+            info.timer = Some(timer);
+            let svc = hyper::service::service_fn(move |req| make(req, info.clone()));
+            let conn = h1.serve_connection(io, svc).with_upgrades();
             self.until_done(conn, |c| c.graceful_shutdown()).await
         }
     }

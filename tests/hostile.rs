@@ -218,6 +218,76 @@ async fn silent_client_is_cut_off() {
     assert!(started.elapsed() < Duration::from_millis(HEADER_READ_TIMEOUT_MS + 700));
 }
 
+/// One GET on an open keep-alive connection: the response's status line
+/// and body.
+async fn get_on(tcp: &mut TcpStream, path: &str) -> (String, Vec<u8>) {
+    write_within(tcp, format!("GET {path} HTTP/1.1\r\nHost: ka.example\r\n\r\n").as_bytes(), T).await;
+    let (head, mut body) = read_head(tcp, T).await;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .expect("a Content-Length");
+    if body.len() < len {
+        let more = len - body.len();
+        body.extend(read_exact_within(tcp, more, T).await);
+    }
+    assert_eq!(body.len(), len, "bytes after the response: {head}");
+    (head.lines().next().unwrap_or_default().to_string(), body)
+}
+
+/// header_read_timeout also bounds the wait for a keep-alive connection's
+/// next request, counted from the last response.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_header_read_timeout() {
+    let (gw, up) = setup().await;
+    let mut tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    let (status, _) = get_on(&mut tcp, "/api/first").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let answered = Instant::now();
+    let (rest, closed) = read_to_close(&mut tcp, Duration::from_secs(3)).await;
+    let took = answered.elapsed();
+    assert!(closed && rest.is_empty(), "open after 3 s, or sent {:?}", text(&rest));
+    assert!(took >= Duration::from_millis(HEADER_READ_TIMEOUT_MS - 50), "closed too early: {took:?}");
+    assert!(took < Duration::from_millis(HEADER_READ_TIMEOUT_MS + 700), "closed after {took:?}");
+    assert_eq!(up.count(), 1);
+}
+
+/// The connection's requests share one timer, armed for an earlier
+/// request's deadline: when it fires, a connection whose current wait began
+/// later must be kept, many timeouts over.
+#[tokio::test]
+async fn a_busy_keep_alive_connection_outlives_many_header_read_timeouts() {
+    let (gw, up) = setup().await;
+    let mut tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    let started = Instant::now();
+    let gap = Duration::from_millis(HEADER_READ_TIMEOUT_MS / 3);
+    for i in 0..12 {
+        let (status, _) = get_on(&mut tcp, &format!("/api/busy/{i}")).await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "request {i} after {:?}", started.elapsed());
+        tokio::time::sleep(gap).await;
+    }
+    assert!(started.elapsed() > Duration::from_millis(3 * HEADER_READ_TIMEOUT_MS));
+    assert_eq!(up.connections(), 1, "one client connection, one upstream connection");
+    assert_eq!(up.count(), 12);
+}
+
+/// header_read_timeout bounds request heads, not the answer: an upstream
+/// slower than it is waited for (request_timeout bounds that), and the
+/// connection stays usable after.
+#[tokio::test]
+async fn an_answer_slower_than_header_read_timeout_is_not_cut() {
+    let (gw, up) = setup().await;
+    up.set_mode(Mode::Slow(Duration::from_millis(2 * HEADER_READ_TIMEOUT_MS)));
+    let mut tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    let started = Instant::now();
+    let (status, _) = get_on(&mut tcp, "/api/slow").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(started.elapsed() >= Duration::from_millis(2 * HEADER_READ_TIMEOUT_MS));
+    up.set_mode(Mode::Ok);
+    let (status, _) = get_on(&mut tcp, "/api/after").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+}
+
 #[tokio::test]
 async fn slow_h2_preface_sender_is_cut_off() {
     let (gw, _up) = setup().await;

@@ -33,6 +33,7 @@ use crate::balancer::{p2c_ewma, PickContext};
 use crate::breaker::Ticket;
 use crate::config::BalancerKind;
 use crate::config::{Config, RouteConfig};
+use crate::deadline::{timeout_at, ConnTimer};
 use crate::error::GatewayError;
 use crate::health::Outcome;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -63,10 +64,13 @@ impl<F: Future> Future for Infallibly<F> {
 }
 
 /// Who is on the other end of a client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    /// An HTTP/1 connection's timer, which its requests' deadlines share
+    /// (see `deadline`); HTTP/2 streams, concurrent, have none.
+    pub timer: Option<ConnTimer>,
 }
 
 /// A route as the request path needs it: its config, a label for logs and
@@ -284,7 +288,7 @@ impl Proxy {
 
             let hash = service.request_hash(&parts, conn.remote.ip());
             let upgrade = headers::wants_upgrade(&parts.headers, parts.version);
-            rewrite_request(&mut parts, &mut added, &route.config, prefix_end, conn, upgrade);
+            rewrite_request(&mut parts, &mut added, &route.config, prefix_end, &conn, upgrade);
             ex.propagate_trace(&mut parts.headers, &mut added);
             let timeout = route.config.request_timeout.unwrap_or(service.config.request_timeout);
             // request_timeout bounds the whole exchange until the response head,
@@ -305,24 +309,27 @@ impl Proxy {
             let mut body = match retry {
                 // Bounded by the request's deadline: a client that stalls its
                 // body holds its slot no longer than request_timeout.
-                Some(_) => match tokio::time::timeout_at(deadline, ReplayBody::hold(body, &parts.headers, counter))
-                    .await
-                {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
-                        let err = GatewayError::BadRequest { message: format!("cannot read the request body: {e}") };
-                        return error_response(&err, &request_id, ex);
+                Some(_) => {
+                    match timeout_at(conn.timer.as_ref(), deadline, ReplayBody::hold(body, &parts.headers, counter))
+                        .await
+                    {
+                        Ok(Ok(b)) => b,
+                        Ok(Err(e)) => {
+                            let err =
+                                GatewayError::BadRequest { message: format!("cannot read the request body: {e}") };
+                            return error_response(&err, &request_id, ex);
+                        }
+                        Err(_) => {
+                            let err = GatewayError::BadRequest {
+                                message: format!(
+                                    "the request body did not arrive within {}",
+                                    humantime::format_duration(timeout)
+                                ),
+                            };
+                            return error_response(&err, &request_id, ex);
+                        }
                     }
-                    Err(_) => {
-                        let err = GatewayError::BadRequest {
-                            message: format!(
-                                "the request body did not arrive within {}",
-                                humantime::format_duration(timeout)
-                            ),
-                        };
-                        return error_response(&err, &request_id, ex);
-                    }
-                },
+                }
                 None => ReplayBody::Stream(Some(UpstreamBody::client(body, counter))),
             };
 
@@ -370,7 +377,7 @@ impl Proxy {
                 let sent_at = p2c.then(Instant::now);
                 let attempt_at = ex.attempt_started();
                 let sent = service.client().request(&endpoint.authority, &parts, &added, body.take());
-                let result = tokio::time::timeout_at(attempt_deadline, sent).await;
+                let result = timeout_at(conn.timer.as_ref(), attempt_deadline, sent).await;
                 if let Some(t) = sent_at {
                     // Responses and timeouts are latency; a refused connection says nothing about it.
                     if !matches!(result, Ok(Err(_))) {
@@ -505,7 +512,7 @@ impl Proxy {
 
 /// The client's answer for an attempt's result.
 fn answer<E: std::error::Error + Send + Sync + 'static>(
-    result: Result<Result<Response<Pooled>, E>, tokio::time::error::Elapsed>,
+    result: Result<Result<Response<Pooled>, E>, impl std::error::Error>,
     service: &Service,
     endpoint: &Endpoint,
     timeout: Duration,
@@ -601,7 +608,7 @@ fn rewrite_request(
     added: &mut headers::Added,
     route: &RouteConfig,
     prefix_end: usize,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     upgrade: bool,
 ) {
     // The host the client asked for, the one its route was matched on: the

@@ -1,0 +1,275 @@
+//! One lazily re-armed timer per connection, for deadlines that are set
+//! again and again and almost never reached.
+//!
+//! hyper's HTTP/1 server arms a header-read deadline for every request head
+//! it waits for (the slowloris defence, which also bounds an idle
+//! keep-alive connection) and drops it once the head is in. With tokio's
+//! timer, each one is a timer-wheel entry made, registered and removed again
+//! per request: ~3.6 % of a proxied HTTP/1.1 request's instructions.
+//!
+//! Here every deadline of a connection shares one tokio `Sleep`. A new
+//! deadline later than the one the `Sleep` is armed for (the usual case:
+//! `now + header_read_timeout` only grows) leaves it alone; when the `Sleep`
+//! fires early for a deadline that has since moved on, the deadline being
+//! waited for re-arms it. So the wheel sees about one entry per timeout
+//! period per busy connection, not one per request, and an idle connection
+//! is still woken at its deadline exactly (nginx re-arms its timers lazily
+//! in the same way: `NGX_TIMER_LAZY_DELAY`).
+//!
+//! The same timer bounds each HTTP/1 request's exchange with its upstream
+//! ([`timeout_at`]), the other deadline every request used to register.
+//!
+//! A [`ConnTimer`] serves one connection, and at most one of its
+//! [`DeadlineSleep`]s waits at a time: hyper reads the next request head
+//! only once the handler of the last one has answered, and the handler's
+//! deadlines follow one another. So the shared `Sleep` only has to come
+//! before the one deadline waiting.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::time::Sleep;
+
+/// hyper's timer for one connection: see the module docs.
+#[derive(Clone, Default)]
+pub struct ConnTimer {
+    /// Made on the first wait, then kept (and re-armed) for the
+    /// connection's life.
+    shared: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
+}
+
+impl ConnTimer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A future that resolves at `deadline`.
+    pub fn sleep_until(&self, deadline: tokio::time::Instant) -> DeadlineSleep {
+        DeadlineSleep { deadline, shared: self.shared.clone() }
+    }
+}
+
+impl hyper::rt::Timer for ConnTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.sleep_until(tokio::time::Instant::now() + duration))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(ConnTimer::sleep_until(self, deadline.into()))
+    }
+
+    // tokio's clock, as hyper-util's timer uses: the same one the shared
+    // `Sleep` runs on (and pausable in tests).
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
+        *sleep = hyper::rt::Timer::sleep_until(self, new_deadline);
+    }
+}
+
+/// A deadline of a [`ConnTimer`].
+pub struct DeadlineSleep {
+    deadline: tokio::time::Instant,
+    shared: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
+}
+
+impl DeadlineSleep {
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline
+    }
+}
+
+impl Future for DeadlineSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.deadline;
+        // Uncontended: a connection's deadlines are polled by its own task.
+        let mut shared = match self.shared.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let sleep = shared.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            // Armed for later than this deadline: bring it forward.
+            sleep.as_mut().reset(deadline);
+        }
+        loop {
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if sleep.deadline() >= deadline => return Poll::Ready(()),
+                // It fired for an earlier deadline, since gone: re-arm for
+                // this one (registers again on the next poll).
+                Poll::Ready(()) => sleep.as_mut().reset(deadline),
+            }
+        }
+    }
+}
+
+impl hyper::rt::Sleep for DeadlineSleep {}
+
+/// `fut`, bounded by `deadline`: on the connection's timer when there is
+/// one (HTTP/1, one request at a time, so one deadline waits at a time, as
+/// the module docs require), else on a tokio `Sleep` of its own (HTTP/2's
+/// concurrent streams, whose deadlines are unordered).
+pub fn timeout_at<F: Future>(timer: Option<&ConnTimer>, deadline: tokio::time::Instant, fut: F) -> Timeout<F> {
+    let delay = match timer {
+        Some(t) => Delay::Conn { sleep: t.sleep_until(deadline) },
+        None => Delay::Own { sleep: tokio::time::sleep_until(deadline) },
+    };
+    Timeout { fut, delay }
+}
+
+/// The deadline of a [`timeout_at`] passed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+pin_project_lite::pin_project! {
+    /// See [`timeout_at`].
+    pub struct Timeout<F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        delay: Delay,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = DelayProj]
+    enum Delay {
+        Conn { sleep: DeadlineSleep },
+        Own { #[pin] sleep: Sleep },
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // The work first: an answer that is ready counts even at the deadline.
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        let elapsed = match this.delay.project() {
+            DelayProj::Conn { sleep } => Pin::new(sleep).poll(cx),
+            DelayProj::Own { sleep } => sleep.poll(cx),
+        };
+        elapsed.map(|()| Err(Elapsed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+    use tokio::time::Instant;
+
+    fn poll_once(s: &mut Pin<Box<DeadlineSleep>>) -> Poll<()> {
+        s.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_resolves_at_its_time_not_before() {
+        let timer = ConnTimer::new();
+        let start = Instant::now();
+        let sleep = timer.sleep_until(start + Duration::from_millis(200));
+        sleep.await;
+        assert_eq!(start.elapsed(), Duration::from_millis(200));
+    }
+
+    /// The shared `Sleep` stays armed for the first deadline; a later one
+    /// that waits past it is re-armed and resolves at its own time.
+    #[tokio::test(start_paused = true)]
+    async fn a_later_deadline_outlives_the_earlier_arming() {
+        let timer = ConnTimer::new();
+        let start = Instant::now();
+        let mut first = Box::pin(timer.sleep_until(start + Duration::from_millis(100)));
+        assert!(poll_once(&mut first).is_pending());
+        drop(first); // the head came in
+        tokio::time::advance(Duration::from_millis(60)).await;
+        let second = timer.sleep_until(start + Duration::from_millis(160));
+        second.await;
+        assert_eq!(start.elapsed(), Duration::from_millis(160));
+        assert_eq!(timer.shared.lock().unwrap().as_ref().unwrap().deadline(), start + Duration::from_millis(160));
+    }
+
+    /// Deadlines that keep moving on do not touch the wheel: the shared
+    /// `Sleep` keeps its first deadline until it fires.
+    #[tokio::test(start_paused = true)]
+    async fn later_deadlines_leave_the_armed_sleep_alone() {
+        let timer = ConnTimer::new();
+        let start = Instant::now();
+        for i in 0..10u64 {
+            let mut s = Box::pin(timer.sleep_until(start + Duration::from_millis(100 + i)));
+            assert!(poll_once(&mut s).is_pending());
+        }
+        assert_eq!(timer.shared.lock().unwrap().as_ref().unwrap().deadline(), start + Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_brings_the_sleep_forward() {
+        let timer = ConnTimer::new();
+        let start = Instant::now();
+        let mut late = Box::pin(timer.sleep_until(start + Duration::from_secs(30)));
+        assert!(poll_once(&mut late).is_pending());
+        drop(late);
+        let early = timer.sleep_until(start + Duration::from_millis(50));
+        early.await;
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
+    }
+
+    /// A deadline already past resolves on its first poll.
+    #[tokio::test(start_paused = true)]
+    async fn a_past_deadline_is_ready_at_once() {
+        let timer = ConnTimer::new();
+        let start = Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let mut s = Box::pin(timer.sleep_until(start));
+        assert!(poll_once(&mut s).is_ready());
+    }
+
+    /// On the connection's timer and on a sleep of its own alike: the work
+    /// wins when it is done first, the deadline when it comes first.
+    #[tokio::test(start_paused = true)]
+    async fn timeout_at_bounds_the_work_on_either_timer() {
+        let timer = ConnTimer::new();
+        for conn in [Some(&timer), None] {
+            let start = Instant::now();
+            let slow = tokio::time::sleep(Duration::from_millis(500));
+            let r = timeout_at(conn, start + Duration::from_millis(100), slow).await;
+            assert_eq!((r, start.elapsed()), (Err(Elapsed), Duration::from_millis(100)));
+            let start = Instant::now();
+            let quick = async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                7
+            };
+            let r = timeout_at(conn, start + Duration::from_millis(100), quick).await;
+            assert_eq!((r, start.elapsed()), (Ok(7), Duration::from_millis(20)));
+        }
+    }
+
+    /// Through hyper's trait, as hyper's server uses it.
+    #[tokio::test(start_paused = true)]
+    async fn hyper_timer_sleeps_until_its_deadline() {
+        use hyper::rt::Timer as _;
+        let timer = ConnTimer::new();
+        let start = timer.now();
+        timer.sleep(Duration::from_millis(30)).await;
+        hyper::rt::Timer::sleep_until(&timer, start + Duration::from_millis(70)).await;
+        assert_eq!(timer.now() - start, Duration::from_millis(70));
+    }
+}
