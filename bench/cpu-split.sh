@@ -8,6 +8,8 @@
 #   bench/cpu-split.sh                 # HTTP/1.1 (wrk -t2 -c64), 3 rounds of 8 s
 #   PROTO=h2c bench/cpu-split.sh       # h2c (h2load -c8 -m8); nginx is left out
 #   ROUNDS=5 DUR=10 bench/cpu-split.sh
+#   WAYGATE_B=/tmp/other/waygate bench/cpu-split.sh   # a second build beside
+#                                  # the first, as "waygate-b" (A/B of a change)
 #
 # Every proxy: 2 workers, round robin over the same two nginx upstream ports
 # (one nginx worker), keep-alive both ways, no access log; waygate with
@@ -70,6 +72,13 @@ if [ "$PROTO" = h1 ]; then
   pids+=("${pid[nginx]}")
   peers=(haproxy nginx waygate)
 fi
+if [ -n "${WAYGATE_B:-}" ]; then
+  write_gateway_toml "$run/gateway-b.toml" 18190
+  RUST_LOG=warn "$WAYGATE_B" run --config "$run/gateway-b.toml" >"$run/waygate-b.log" 2>&1 &
+  pid[waygate-b]=$! port[waygate-b]=18190
+  pids+=("${pid[waygate-b]}")
+  peers+=(waygate-b)
+fi
 up() { for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; return 1; }
 for p in "${peers[@]}"; do
   up "${port[$p]}" || { echo "cpu-split: $p did not answer on port ${port[$p]}" >&2; exit 1; }
@@ -126,8 +135,8 @@ awk 'NR > 1 { n[$1]++; u[$1] += $4; s[$1] += $5; t[$1] += $6; v[$1] += $7; c[$1]
     print "| proxy | user µs | system µs | total µs | total ÷ HAProxy | system ÷ HAProxy total | voluntary cs | involuntary cs |"
     print "|---|---|---|---|---|---|---|---|"
     h = n["haproxy"] ? t["haproxy"] / n["haproxy"] : 0
-    split("waygate haproxy nginx", order, " ")
-    for (i = 1; i <= 3; i++) {
+    split("waygate waygate-b haproxy nginx", order, " ")
+    for (i = 1; i <= 4; i++) {
       p = order[i]
       if (!(p in n)) continue
       if (h) printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.3f |\n", p, u[p] / n[p], s[p] / n[p], t[p] / n[p], t[p] / n[p] / h, s[p] / n[p] / h, v[p] / n[p], c[p] / n[p]

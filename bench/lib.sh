@@ -18,14 +18,16 @@ NGINX
   pids+=($!)
 }
 
-# write_gateway_toml FILE: waygate on 127.0.0.1:18180 (admin 18181), 2
-# workers, one service over the nginx upstreams on 19101 and 19102 with
-# health checks, outlier detection and a breaker, as peer-bench's waygate.
+# write_gateway_toml FILE [PORT]: waygate on 127.0.0.1:PORT (default 18180;
+# admin on PORT+1), 2 workers, one service over the nginx upstreams on 19101
+# and 19102 with health checks, outlier detection and a breaker, as
+# peer-bench's waygate.
 write_gateway_toml() {
+  local port=${2:-18180}
   cat >"$1" <<TOML
 [gateway]
-listen = "127.0.0.1:18180"
-admin_listen = "127.0.0.1:18181"
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$((port + 1))"
 worker_threads = 2
 [[services]]
 name = "bench"
