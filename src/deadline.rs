@@ -120,7 +120,7 @@ impl hyper::rt::Sleep for DeadlineSleep {}
 pub fn timeout_at<F: Future>(timer: Option<&ConnTimer>, deadline: tokio::time::Instant, fut: F) -> Timeout<F> {
     let delay = match timer {
         Some(t) => Delay::Conn { sleep: t.sleep_until(deadline) },
-        None => Delay::Own { sleep: tokio::time::sleep_until(deadline) },
+        None => Delay::Own { sleep: Box::pin(tokio::time::sleep_until(deadline)) },
     };
     Timeout { fut, delay }
 }
@@ -151,7 +151,10 @@ pin_project_lite::pin_project! {
     #[project = DelayProj]
     enum Delay {
         Conn { sleep: DeadlineSleep },
-        Own { #[pin] sleep: Sleep },
+        // Boxed (112 bytes inline): the request's future holds this, and
+        // its size is paid in copies and memory (see
+        // `handler_future_stays_small`); only HTTP/2 streams take this path.
+        Own { sleep: Pin<Box<Sleep>> },
     }
 }
 
@@ -166,7 +169,7 @@ impl<F: Future> Future for Timeout<F> {
         }
         let elapsed = match this.delay.project() {
             DelayProj::Conn { sleep } => Pin::new(sleep).poll(cx),
-            DelayProj::Own { sleep } => sleep.poll(cx),
+            DelayProj::Own { sleep } => sleep.as_mut().poll(cx),
         };
         elapsed.map(|()| Err(Elapsed))
     }

@@ -377,7 +377,7 @@ impl Connection {
         Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
     {
         let _tracker = self.shutdown.tracker.clone();
-        let info = ConnInfo { remote, tls: self.tls.is_some(), timer: None };
+        let info = ConnInfo { client_ip: remote.ip(), tls: self.tls.is_some(), timer: None };
         match &self.tls {
             None => match first_bytes(stream, self.handshake_timeout, self.max_head).await {
                 Ok((io, h2)) => self.drive(TokioIo::new(io), make, info, h2).await,

@@ -30,16 +30,18 @@ pub struct Exchange {
     status: u16,
     bytes_out: u64,
     /// Present only when the access log is enabled, so a gateway with
-    /// access logs off copies no strings per request.
-    log: Option<LogFields>,
+    /// access logs off copies no strings per request. Boxed: the exchange
+    /// lives in every request's future, whose size is paid in copies and
+    /// memory (see `handler_future_stays_small`).
+    log: Option<Box<LogFields>>,
     /// Present only when an OTLP exporter runs, so a gateway without one
     /// records no spans.
     span: Option<Box<RequestSpan>>,
     exporter: Option<Exporter>,
 }
 
-/// Kept inline and without copies (the path is a reference-counted slice of
-/// the request's own buffer), so the access log costs no allocation here.
+/// Without copies (the path is a reference-counted slice of the request's
+/// own buffer): the access log costs one allocation here, for this record.
 struct LogFields {
     path: Option<PathAndQuery>,
     /// Request body bytes read from the client, shared with the body on its
@@ -58,12 +60,14 @@ impl Exchange {
         request_id: &HeaderValue,
         exporter: Option<&Exporter>,
     ) -> Self {
-        let log = access_log_enabled().then(|| LogFields {
-            path: uri.path_and_query().cloned(),
-            bytes_in: None,
-            request_id: request_id.clone(),
-            trace_id: [b'0'; 32],
-            body_error: false,
+        let log = access_log_enabled().then(|| {
+            Box::new(LogFields {
+                path: uri.path_and_query().cloned(),
+                bytes_in: None,
+                request_id: request_id.clone(),
+                trace_id: [b'0'; 32],
+                body_error: false,
+            })
         });
         let path = uri.path();
         let span = exporter.map(|_| {
@@ -97,6 +101,11 @@ impl Exchange {
             span,
             exporter: exporter.cloned(),
         }
+    }
+
+    /// When the request started (tokio's clock, as it was given).
+    pub fn started(&self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.start)
     }
 
     /// Where the request body's size is counted (only with the access log on).
