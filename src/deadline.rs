@@ -28,7 +28,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
@@ -38,7 +38,16 @@ use tokio::time::Sleep;
 pub struct ConnTimer {
     /// Made on the first wait, then kept (and re-armed) for the
     /// connection's life.
-    shared: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
+    shared: Arc<Mutex<Option<Armed>>>,
+}
+
+/// The connection's one tokio `Sleep`.
+struct Armed {
+    sleep: Pin<Box<Sleep>>,
+    /// The waker the `Sleep` is registered with, while it waits: a wait
+    /// polled again from the same task (hyper polls its deadline on every
+    /// wake-up of the connection) needs no poll of the `Sleep`.
+    waker: Option<Waker>,
 }
 
 impl ConnTimer {
@@ -75,7 +84,7 @@ impl hyper::rt::Timer for ConnTimer {
 /// A deadline of a [`ConnTimer`].
 pub struct DeadlineSleep {
     deadline: tokio::time::Instant,
-    shared: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
+    shared: Arc<Mutex<Option<Armed>>>,
 }
 
 impl DeadlineSleep {
@@ -94,18 +103,31 @@ impl Future for DeadlineSleep {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let sleep = shared.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() > deadline {
+        let armed =
+            shared.get_or_insert_with(|| Armed { sleep: Box::pin(tokio::time::sleep_until(deadline)), waker: None });
+        if armed.sleep.deadline() > deadline {
             // Armed for later than this deadline: bring it forward.
-            sleep.as_mut().reset(deadline);
+            armed.sleep.as_mut().reset(deadline);
+            armed.waker = None;
+        }
+        if !armed.sleep.is_elapsed() && armed.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Armed no later than this deadline, not yet fired, and it
+            // will wake this task when it does.
+            return Poll::Pending;
         }
         loop {
-            match sleep.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) if sleep.deadline() >= deadline => return Poll::Ready(()),
+            match armed.sleep.as_mut().poll(cx) {
+                Poll::Pending => {
+                    armed.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(()) if armed.sleep.deadline() >= deadline => return Poll::Ready(()),
                 // It fired for an earlier deadline, since gone: re-arm for
                 // this one (registers again on the next poll).
-                Poll::Ready(()) => sleep.as_mut().reset(deadline),
+                Poll::Ready(()) => {
+                    armed.sleep.as_mut().reset(deadline);
+                    armed.waker = None;
+                }
             }
         }
     }
@@ -178,7 +200,6 @@ impl<F: Future> Future for Timeout<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Waker;
     use tokio::time::Instant;
 
     fn poll_once(s: &mut Pin<Box<DeadlineSleep>>) -> Poll<()> {
@@ -207,7 +228,7 @@ mod tests {
         let second = timer.sleep_until(start + Duration::from_millis(160));
         second.await;
         assert_eq!(start.elapsed(), Duration::from_millis(160));
-        assert_eq!(timer.shared.lock().unwrap().as_ref().unwrap().deadline(), start + Duration::from_millis(160));
+        assert_eq!(timer.shared.lock().unwrap().as_ref().unwrap().sleep.deadline(), start + Duration::from_millis(160));
     }
 
     /// Deadlines that keep moving on do not touch the wheel: the shared
@@ -220,7 +241,7 @@ mod tests {
             let mut s = Box::pin(timer.sleep_until(start + Duration::from_millis(100 + i)));
             assert!(poll_once(&mut s).is_pending());
         }
-        assert_eq!(timer.shared.lock().unwrap().as_ref().unwrap().deadline(), start + Duration::from_millis(100));
+        assert_eq!(timer.shared.lock().unwrap().as_ref().unwrap().sleep.deadline(), start + Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]
