@@ -87,12 +87,6 @@ pub struct DeadlineSleep {
     shared: Arc<Mutex<Option<Armed>>>,
 }
 
-impl DeadlineSleep {
-    pub fn deadline(&self) -> tokio::time::Instant {
-        self.deadline
-    }
-}
-
 impl Future for DeadlineSleep {
     type Output = ();
 
