@@ -6,7 +6,7 @@
 # the kernel's TCP path costs it (system), which no userspace change moves.
 #
 #   bench/cpu-split.sh                 # HTTP/1.1 (wrk -t2 -c64), 3 rounds of 8 s
-#   PROTO=h2c bench/cpu-split.sh       # h2c (h2load -c8 -m8); nginx is left out
+#   PROTO=h2c bench/cpu-split.sh       # h2c (h2load -t2 -c8 -m8, as peer-bench); nginx is left out
 #   ROUNDS=5 DUR=10 bench/cpu-split.sh
 #   WAYGATE_B=/tmp/other/waygate bench/cpu-split.sh   # a second build beside
 #                                  # the first, as "waygate-b" (A/B of a change)
@@ -89,7 +89,7 @@ load() {
   if [ "$PROTO" = h1 ]; then
     timeout $(($2 + 30)) wrk -t2 -c64 -d"$2"s "http://127.0.0.1:$1/" | awk '/requests in/ { print $1 }'
   else
-    timeout $(($2 + 30)) h2load -c8 -m8 -D "$2" "http://127.0.0.1:$1/" 2>/dev/null | awk '/^requests:/ { print $8 }'
+    timeout $(($2 + 30)) h2load -t2 -c8 -m8 -D "$2" "http://127.0.0.1:$1/" 2>/dev/null | awk '/^requests:/ { print $8 }'
   fi
 }
 # sample PID -> "utime stime voluntary nonvoluntary": times from the stat of

@@ -114,7 +114,7 @@ w(f"Written by `bench/run.sh` on {datetime.datetime.now(datetime.timezone.utc):%
   f"machine: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}; {repeat} consecutive rounds "
   f"of `peer-bench.sh` (raw: `{rundir}`).")
 w("")
-w("Method: wrk -t2 -c64 (HTTP/1.1 keep-alive) and h2load -c8 -m8 (h2c), 10 s after a 3 s warm-up, "
+w("Method: wrk -t2 -c64 (HTTP/1.1 keep-alive) and h2load -t2 -c8 -m8 (h2c), 10 s after a 3 s warm-up, "
   "every proxy with 2 workers, round robin over two nginx upstreams, access logs off; waygate with "
   "active health checks, outlier detection and a circuit breaker on. CPU µs/request = the proxy's "
   "utime+stime / requests. The box is shared by load generator, upstream and proxy (2 cores), so "
@@ -162,7 +162,7 @@ splits = [(t, [l for l in open(p).read().splitlines() if l.startswith("|")]) for
 if any(table for _, table in splits):
     w("## Where the CPU goes: user and system time (`bench/cpu-split.sh`)")
     w("")
-    w("The same proxies and upstreams, started once, loaded in alternating rounds (wrk -t2 -c64, h2load -c8 -m8; "
+    w("The same proxies and upstreams, started once, loaded in alternating rounds (wrk -t2 -c64, h2load -t2 -c8 -m8; "
       f"{os.environ['SPLIT_DUR']} s after 2 s of warm-up); user and system time of each proxy's processes from /proc, per request. "
       "System time is the kernel's TCP path over loopback (for a sender it includes the receiver's side), "
       "which no userspace change moves; only the user column is a proxy's own code.")
