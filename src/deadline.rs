@@ -33,12 +33,27 @@ use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
 
+/// A deadline that never comes in practice (what tokio itself uses for one
+/// that cannot be represented: about thirty years away).
+pub fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
 /// hyper's timer for one connection: see the module docs.
 #[derive(Clone, Default)]
 pub struct ConnTimer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
     /// Made on the first wait, then kept (and re-armed) for the
     /// connection's life.
-    shared: Arc<Mutex<Option<Armed>>>,
+    armed: Mutex<Option<Armed>>,
+    /// Waits alive, checked in debug builds: the lazy re-arming is right
+    /// only for one at a time (see the module docs).
+    #[cfg(debug_assertions)]
+    live: std::sync::atomic::AtomicUsize,
 }
 
 /// The connection's one tokio `Sleep`.
@@ -55,15 +70,22 @@ impl ConnTimer {
         Self::default()
     }
 
-    /// A future that resolves at `deadline`.
+    /// A future that resolves at `deadline`. One at a time per timer.
     pub fn sleep_until(&self, deadline: tokio::time::Instant) -> DeadlineSleep {
+        #[cfg(debug_assertions)]
+        {
+            let before = self.shared.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            debug_assert_eq!(before, 0, "a second wait on one connection's timer");
+        }
         DeadlineSleep { deadline, shared: self.shared.clone() }
     }
 }
 
 impl hyper::rt::Timer for ConnTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(self.sleep_until(tokio::time::Instant::now() + duration))
+        // An absurd duration waits "for ever" rather than panic.
+        let deadline = tokio::time::Instant::now().checked_add(duration).unwrap_or_else(far_future);
+        Box::pin(self.sleep_until(deadline))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -77,14 +99,26 @@ impl hyper::rt::Timer for ConnTimer {
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
-        *sleep = hyper::rt::Timer::sleep_until(self, new_deadline);
+        // In place: a replacement would be a second wait while the first
+        // is still alive.
+        match sleep.as_mut().downcast_mut_pin::<DeadlineSleep>() {
+            Some(mine) => mine.get_mut().deadline = new_deadline.into(),
+            None => *sleep = hyper::rt::Timer::sleep_until(self, new_deadline),
+        }
     }
 }
 
 /// A deadline of a [`ConnTimer`].
 pub struct DeadlineSleep {
     deadline: tokio::time::Instant,
-    shared: Arc<Mutex<Option<Armed>>>,
+    shared: Arc<Shared>,
+}
+
+#[cfg(debug_assertions)]
+impl Drop for DeadlineSleep {
+    fn drop(&mut self) {
+        self.shared.live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Future for DeadlineSleep {
@@ -93,7 +127,7 @@ impl Future for DeadlineSleep {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = self.deadline;
         // Uncontended: a connection's deadlines are polled by its own task.
-        let mut shared = match self.shared.lock() {
+        let mut shared = match self.shared.armed.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -112,7 +146,9 @@ impl Future for DeadlineSleep {
         loop {
             match armed.sleep.as_mut().poll(cx) {
                 Poll::Pending => {
-                    armed.waker = Some(cx.waker().clone());
+                    // Without budget, tokio's Sleep returned Pending before
+                    // registering anything: do not let the fast path trust it.
+                    armed.waker = tokio::task::coop::has_budget_remaining().then(|| cx.waker().clone());
                     return Poll::Pending;
                 }
                 Poll::Ready(()) if armed.sleep.deadline() >= deadline => return Poll::Ready(()),
@@ -178,14 +214,23 @@ impl<F: Future> Future for Timeout<F> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
+        let had_budget = tokio::task::coop::has_budget_remaining();
         // The work first: an answer that is ready counts even at the deadline.
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        let elapsed = match this.delay.project() {
+        // As tokio's Timeout: work that spent the budget must not starve its deadline.
+        let spent = had_budget && !tokio::task::coop::has_budget_remaining();
+        let mut poll_delay = |cx: &mut Context<'_>| match this.delay.as_mut().project() {
             DelayProj::Conn { sleep } => Pin::new(sleep).poll(cx),
             DelayProj::Own { sleep } => sleep.as_mut().poll(cx),
+        };
+        let elapsed = if spent {
+            let mut f = tokio::task::unconstrained(std::future::poll_fn(&mut poll_delay));
+            Pin::new(&mut f).poll(cx)
+        } else {
+            poll_delay(cx)
         };
         elapsed.map(|()| Err(Elapsed))
     }
@@ -200,12 +245,26 @@ mod tests {
         s.as_mut().poll(&mut Context::from_waker(Waker::noop()))
     }
 
+    /// `fut`, which must resolve within a minute of (paused) time: a
+    /// deadline that never fires fails the test instead of hanging it.
+    async fn bounded<F: Future>(fut: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(60), fut).await.expect("never resolved")
+    }
+
+    /// Spends the task's whole cooperative budget, as a task doing many
+    /// tokio I/O operations in one poll does.
+    fn exhaust_budget(cx: &mut Context<'_>) {
+        while let Poll::Ready(r) = tokio::task::coop::poll_proceed(cx) {
+            r.made_progress();
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_deadline_resolves_at_its_time_not_before() {
         let timer = ConnTimer::new();
         let start = Instant::now();
         let sleep = timer.sleep_until(start + Duration::from_millis(200));
-        sleep.await;
+        bounded(sleep).await;
         assert_eq!(start.elapsed(), Duration::from_millis(200));
     }
 
@@ -220,9 +279,12 @@ mod tests {
         drop(first); // the head came in
         tokio::time::advance(Duration::from_millis(60)).await;
         let second = timer.sleep_until(start + Duration::from_millis(160));
-        second.await;
+        bounded(second).await;
         assert_eq!(start.elapsed(), Duration::from_millis(160));
-        assert_eq!(timer.shared.lock().unwrap().as_ref().unwrap().sleep.deadline(), start + Duration::from_millis(160));
+        assert_eq!(
+            timer.shared.armed.lock().unwrap().as_ref().unwrap().sleep.deadline(),
+            start + Duration::from_millis(160)
+        );
     }
 
     /// Deadlines that keep moving on do not touch the wheel: the shared
@@ -235,7 +297,10 @@ mod tests {
             let mut s = Box::pin(timer.sleep_until(start + Duration::from_millis(100 + i)));
             assert!(poll_once(&mut s).is_pending());
         }
-        assert_eq!(timer.shared.lock().unwrap().as_ref().unwrap().sleep.deadline(), start + Duration::from_millis(100));
+        assert_eq!(
+            timer.shared.armed.lock().unwrap().as_ref().unwrap().sleep.deadline(),
+            start + Duration::from_millis(100)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -246,7 +311,7 @@ mod tests {
         assert!(poll_once(&mut late).is_pending());
         drop(late);
         let early = timer.sleep_until(start + Duration::from_millis(50));
-        early.await;
+        bounded(early).await;
         assert_eq!(start.elapsed(), Duration::from_millis(50));
     }
 
@@ -268,14 +333,14 @@ mod tests {
         for conn in [Some(&timer), None] {
             let start = Instant::now();
             let slow = tokio::time::sleep(Duration::from_millis(500));
-            let r = timeout_at(conn, start + Duration::from_millis(100), slow).await;
+            let r = bounded(timeout_at(conn, start + Duration::from_millis(100), slow)).await;
             assert_eq!((r, start.elapsed()), (Err(Elapsed), Duration::from_millis(100)));
             let start = Instant::now();
             let quick = async {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 7
             };
-            let r = timeout_at(conn, start + Duration::from_millis(100), quick).await;
+            let r = bounded(timeout_at(conn, start + Duration::from_millis(100), quick)).await;
             assert_eq!((r, start.elapsed()), (Ok(7), Duration::from_millis(20)));
         }
     }
@@ -286,8 +351,76 @@ mod tests {
         use hyper::rt::Timer as _;
         let timer = ConnTimer::new();
         let start = timer.now();
-        timer.sleep(Duration::from_millis(30)).await;
-        hyper::rt::Timer::sleep_until(&timer, start + Duration::from_millis(70)).await;
+        bounded(timer.sleep(Duration::from_millis(30))).await;
+        bounded(hyper::rt::Timer::sleep_until(&timer, start + Duration::from_millis(70))).await;
         assert_eq!(timer.now() - start, Duration::from_millis(70));
+        // hyper's reset moves a wait's deadline in place.
+        let mut wait = timer.sleep(Duration::from_secs(30));
+        timer.reset(&mut wait, start + Duration::from_millis(100));
+        bounded(wait).await;
+        assert_eq!(timer.now() - start, Duration::from_millis(100));
+        assert!(timer.sleep(Duration::MAX).as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
+    }
+
+    /// A first poll with the task's budget spent: tokio's `Sleep` answers
+    /// Pending without registering, so the wait must not take itself for
+    /// registered, or it would never fire.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_first_polled_without_budget_still_fires() {
+        let timer = ConnTimer::new();
+        let start = Instant::now();
+        let mut s = Box::pin(timer.sleep_until(start + Duration::from_millis(100)));
+        std::future::poll_fn(|cx| {
+            exhaust_budget(cx);
+            assert!(s.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        bounded(s).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+
+    /// Work that spends the whole budget on every poll (and so is polled
+    /// again at once) until `until`.
+    struct Busy {
+        until: std::time::Instant,
+    }
+
+    impl Future for Busy {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if std::time::Instant::now() >= self.until {
+                return Poll::Ready(());
+            }
+            exhaust_budget(cx);
+            Poll::Pending
+        }
+    }
+
+    /// As tokio's own timeout: work that spends the budget does not starve
+    /// its deadline, on either timer.
+    #[tokio::test]
+    async fn timeout_at_fires_while_the_work_spends_the_budget() {
+        let timer = ConnTimer::new();
+        for conn in [None, Some(&timer)] {
+            let start = Instant::now();
+            let busy = Busy { until: std::time::Instant::now() + Duration::from_secs(5) };
+            let r = timeout_at(conn, start + Duration::from_millis(100), busy).await;
+            assert_eq!(r, Err(Elapsed), "conn timer: {}", conn.is_some());
+            assert!(start.elapsed() < Duration::from_secs(4), "cut after {:?}", start.elapsed());
+        }
+    }
+
+    /// The lazy re-arming is right for one wait at a time: debug builds
+    /// refuse a second.
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "a second wait")]
+    fn a_second_live_wait_is_refused_in_debug_builds() {
+        let timer = ConnTimer::new();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let _guard = rt.enter();
+        let _first = timer.sleep_until(Instant::now() + Duration::from_secs(1));
+        let _second = timer.sleep_until(Instant::now() + Duration::from_secs(2));
     }
 }

@@ -288,6 +288,106 @@ async fn an_answer_slower_than_header_read_timeout_is_not_cut() {
     assert_eq!(status, "HTTP/1.1 200 OK");
 }
 
+/// The slow answer comes second on its connection, so the connection's
+/// timer is armed for the header-read wait before it (hyper polled it while
+/// the connection was idle) and fires while the answer is pending: that
+/// firing must not cut the request.
+#[tokio::test]
+async fn a_slow_second_answer_is_not_cut_by_the_idle_wait_before_it() {
+    let (gw, up) = setup().await;
+    let mut tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    let (status, _) = get_on(&mut tcp, "/api/fast").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    tokio::time::sleep(Duration::from_millis(50)).await; // hyper waits for the next head
+    up.set_mode(Mode::Slow(Duration::from_millis(2 * HEADER_READ_TIMEOUT_MS)));
+    let started = Instant::now();
+    let (status, _) = get_on(&mut tcp, "/api/slow").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "after {:?}", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_millis(2 * HEADER_READ_TIMEOUT_MS));
+}
+
+/// After a few requests the connection's timer is still armed for an
+/// earlier request's header-read deadline; when it fires it must re-arm for
+/// the idle wait now in progress, which still ends at header_read_timeout.
+#[tokio::test]
+async fn an_idle_wait_after_earlier_requests_still_ends_at_header_read_timeout() {
+    let (gw, _up) = setup().await;
+    let mut tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    for i in 0..2 {
+        let (status, _) = get_on(&mut tcp, &format!("/api/warm/{i}")).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        tokio::time::sleep(Duration::from_millis(HEADER_READ_TIMEOUT_MS / 3)).await;
+    }
+    let (status, _) = get_on(&mut tcp, "/api/last").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let answered = Instant::now();
+    let (rest, closed) = read_to_close(&mut tcp, Duration::from_secs(3)).await;
+    let took = answered.elapsed();
+    assert!(closed && rest.is_empty(), "open after 3 s, or sent {:?}", text(&rest));
+    assert!(took >= Duration::from_millis(HEADER_READ_TIMEOUT_MS - 50), "closed too early: {took:?}");
+    assert!(took < Duration::from_millis(HEADER_READ_TIMEOUT_MS + 700), "closed after {took:?}");
+}
+
+/// A response body that streams for longer than header_read_timeout and
+/// request_timeout, with the client's next request already pipelined
+/// behind it: neither deadline cuts it, and the next request is answered
+/// after it.
+#[tokio::test]
+async fn a_long_body_with_a_pipelined_request_behind_it_is_not_cut() {
+    use tokio::io::AsyncReadExt;
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = raw.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = raw.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        for n in 0..2 {
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                }
+            }
+            if n == 0 {
+                // 10 chunks of 10 bytes, 100 ms apart: 1 s, beyond both deadlines.
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n").await.unwrap();
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    s.write_all(b"0123456789").await.unwrap();
+                }
+            } else {
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+            }
+        }
+    });
+    let extra = format!("header_read_timeout = \"{HEADER_READ_TIMEOUT_MS}ms\"");
+    let body = service_toml("raw", &[addr.to_string()], "request_timeout = \"500ms\"")
+        + &route_toml("/raw", "raw", "strip_prefix = true");
+    let gw = TestGateway::start_with(&extra, &body).await;
+    let mut tcp = TcpStream::connect(gw.proxy).await.unwrap();
+    let started = Instant::now();
+    write_within(&mut tcp, b"GET /raw/long HTTP/1.1\r\nHost: x\r\n\r\nGET /raw/next HTTP/1.1\r\nHost: x\r\n\r\n", T)
+        .await;
+    let (head, mut got) = read_head(&mut tcp, T).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The rest of the first body and all of the second answer.
+    let second = b"ok";
+    while !got.ends_with(second) || got.len() < 100 + second.len() {
+        let more = within(T, "the rest of the answers", async {
+            let mut b = [0u8; 4096];
+            let n = tcp.read(&mut b).await.unwrap();
+            b[..n].to_vec()
+        })
+        .await;
+        assert!(!more.is_empty(), "closed after {} bytes: {:?}", got.len(), text(&got));
+        got.extend(more);
+    }
+    assert_eq!(&got[..100], "0123456789".repeat(10).as_bytes());
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    let rest = text(&got[100..]);
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n") && rest.ends_with("\r\n\r\nok"), "{rest:?}");
+}
+
 #[tokio::test]
 async fn slow_h2_preface_sender_is_cut_off() {
     let (gw, _up) = setup().await;

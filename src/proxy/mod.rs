@@ -34,7 +34,7 @@ use crate::balancer::{p2c_ewma, PickContext};
 use crate::breaker::Ticket;
 use crate::config::BalancerKind;
 use crate::config::{Config, RouteConfig};
-use crate::deadline::{timeout_at, ConnTimer};
+use crate::deadline::{far_future, timeout_at, ConnTimer};
 use crate::error::GatewayError;
 use crate::health::Outcome;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -614,12 +614,6 @@ impl ReplayBody {
             ReplayBody::Held(b) => UpstreamBody::Full(b.clone()),
         }
     }
-}
-
-/// A deadline that never comes in practice (what tokio itself uses for one
-/// that cannot be represented: about thirty years away).
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 /// Rewrites the inbound request head for the upstream hop.
