@@ -12,7 +12,7 @@
 //! `now + header_read_timeout` only grows) leaves it alone; when the `Sleep`
 //! fires early for a deadline that has since moved on, the deadline being
 //! waited for re-arms it. So the wheel sees about one entry per timeout
-//! period per busy connection, not one per request, and an idle connection
+//! period per busy connection, not two per request, and an idle connection
 //! is still woken at its deadline exactly (nginx re-arms its timers lazily
 //! in the same way: `NGX_TIMER_LAZY_DELAY`).
 //!
