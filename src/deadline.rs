@@ -245,6 +245,11 @@ mod tests {
         s.as_mut().poll(&mut Context::from_waker(Waker::noop()))
     }
 
+    /// The deadline the connection's shared `Sleep` is armed for.
+    fn armed_for(timer: &ConnTimer) -> Instant {
+        timer.shared.armed.lock().unwrap().as_ref().expect("armed").sleep.deadline()
+    }
+
     /// `fut`, which must resolve within a minute of (paused) time: a
     /// deadline that never fires fails the test instead of hanging it.
     async fn bounded<F: Future>(fut: F) -> F::Output {
@@ -281,10 +286,7 @@ mod tests {
         let second = timer.sleep_until(start + Duration::from_millis(160));
         bounded(second).await;
         assert_eq!(start.elapsed(), Duration::from_millis(160));
-        assert_eq!(
-            timer.shared.armed.lock().unwrap().as_ref().unwrap().sleep.deadline(),
-            start + Duration::from_millis(160)
-        );
+        assert_eq!(armed_for(&timer), start + Duration::from_millis(160));
     }
 
     /// Deadlines that keep moving on do not touch the wheel: the shared
@@ -297,10 +299,7 @@ mod tests {
             let mut s = Box::pin(timer.sleep_until(start + Duration::from_millis(100 + i)));
             assert!(poll_once(&mut s).is_pending());
         }
-        assert_eq!(
-            timer.shared.armed.lock().unwrap().as_ref().unwrap().sleep.deadline(),
-            start + Duration::from_millis(100)
-        );
+        assert_eq!(armed_for(&timer), start + Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]
